@@ -1,0 +1,62 @@
+"""Components every install has, registered through the same hook as third-party plugins."""
+
+from __future__ import annotations
+
+from ttt_core.builtin.configs import (
+    AdamWConfig,
+    IdentityWriterConfig,
+    LlamaConfig,
+    MemoryTokensConfig,
+    SingleConfig,
+)
+from ttt_core.builtin.task_config import ARConfig
+from ttt_core.hookspecs import hookimpl
+from ttt_core.registry import ProviderRegistry
+
+
+@hookimpl
+def ttt_register_components(registry: ProviderRegistry) -> None:
+    registry.add(
+        "backbone",
+        "llama",
+        config=LlamaConfig,
+        factory="ttt_core.builtin.llama:build_llama",
+        description="LLaMA-style decoder: RMSNorm, RoPE, SwiGLU, causal attention",
+    )
+    registry.add(
+        "inner_learner",
+        "memory_tokens",
+        config=MemoryTokensConfig,
+        factory="ttt_core.builtin.memory_tokens:MemoryTokens",
+        aliases=("prompt_tuning",),
+        description="M memory token embeddings adapted on the context's LM loss (baseline TTT)",
+    )
+    registry.add(
+        "memory_writer",
+        "identity",
+        config=IdentityWriterConfig,
+        factory="ttt_core.builtin.writers:IdentityWriter",
+        description="the memory is the fast state itself",
+    )
+    registry.add(
+        "recurrence",
+        "single",
+        config=SingleConfig,
+        factory="ttt_core.builtin.single:SingleSegment",
+        description="adapt on the whole context, then read the query",
+    )
+    registry.add(
+        "task",
+        "associative_retrieval",
+        config=ARConfig,
+        factory="ttt_core.builtin.associative_retrieval:AssociativeRetrieval",
+        aliases=("ar",),
+        description="noisy associative retrieval: N key-value pairs in noisy segments",
+    )
+    registry.add(
+        "outer_optimizer",
+        "adamw",
+        config=AdamWConfig,
+        factory="ttt_core.builtin.adamw:AdamW",
+        description="AdamW, warmup + constant/cosine schedule, per-group learning rates",
+    )

@@ -1,0 +1,66 @@
+"""Configs of the built-in components. No torch here: recipes validate without building models."""
+
+from __future__ import annotations
+
+import attrs
+
+from ttt_core.config import in_range, non_negative, one_of, positive
+
+
+def _divides_dim(instance: "LlamaConfig", _attribute: attrs.Attribute, heads: int) -> None:
+    if heads <= 0:
+        raise ValueError(f"option 'heads' must be > 0; got {heads}")
+    if instance.dim % heads:
+        raise ValueError(f"option 'dim' ({instance.dim}) must be divisible by 'heads' ({heads})")
+
+
+@attrs.define
+class LlamaConfig:
+    """Decoder-only transformer: RMSNorm, RoPE, SwiGLU, causal self-attention."""
+
+    layers: int = attrs.field(default=4, validator=positive)
+    dim: int = attrs.field(default=128, validator=positive)
+    heads: int = attrs.field(default=4, validator=_divides_dim)
+    mlp_ratio: float = attrs.field(default=4.0, validator=positive)
+    rope_theta: float = attrs.field(default=10000.0, validator=positive)
+    norm_eps: float = attrs.field(default=1e-6, validator=positive)
+    tie_embeddings: bool = False
+
+
+@attrs.define
+class MemoryTokensConfig:
+    """M memory token embeddings prefixed to the input, adapted on the LM loss of the context."""
+
+    tokens: int = attrs.field(default=8, validator=positive)
+    init_std: float = attrs.field(default=0.02, validator=positive)
+
+
+@attrs.define
+class IdentityWriterConfig:
+    """The memory is the fast state itself."""
+
+
+@attrs.define
+class SingleConfig:
+    """The whole context is one segment."""
+
+    split: str = attrs.field(default="whole", validator=one_of("whole", "segments"))
+    """whole: adapt once on the full context; segments: one inner loop per task segment, state carried."""
+
+
+@attrs.define
+class AdamWConfig:
+    """AdamW with warmup then a constant or cosine schedule, per-group learning rates, clipping."""
+
+    lr: float = attrs.field(default=1e-4, validator=positive)
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = attrs.field(default=0.01, validator=non_negative)
+    warmup_steps: int = attrs.field(default=0, validator=non_negative)
+    schedule: str = attrs.field(default="constant", validator=one_of("constant", "cosine"))
+    min_lr_ratio: float = attrs.field(default=0.1, validator=in_range(0.0, 1.0))
+    clip_norm: float | None = attrs.field(default=1.0, validator=positive)
+    backbone_lr: float | None = attrs.field(default=None, validator=positive)
+    memory_lr: float | None = attrs.field(default=None, validator=positive)
+    """Learning rate of the fast weights' initial values (default: lr)."""
+    meta_lr: float | None = attrs.field(default=None, validator=positive)
+    """Learning rate of meta-parameters such as inner learning rates (default: lr)."""

@@ -1,0 +1,186 @@
+"""The `ttt` command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from ttt_core.errors import TTTError, did_you_mean
+from ttt_core.registry import KINDS
+
+
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe value, e.g. --set train.steps=100 (TOML-typed; repeatable)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ttt",
+        description="Meta-learned test-time-training memory: build, train and compare from TOML recipes.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks (also TTT_DEBUG=1)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser("run", help="train a recipe (or resume a run directory)")
+    run.add_argument("recipe", help="a recipe .toml, or an existing run directory to resume")
+    run.add_argument("--out", help="run directory (default: runs/<recipe name>)")
+    run.add_argument("--nproc", type=int, default=1, help="processes on this node (distributed backend)")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_set(run)
+
+    evaluate = commands.add_parser("eval", help="evaluate a run's checkpoint")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("--split", default="test", choices=("val", "test"))
+    evaluate.add_argument("--checkpoint", help="checkpoint file (default: the latest)")
+    _add_set(evaluate)
+
+    plot = commands.add_parser("plot", help="write PNG learning curves of one or more runs")
+    plot.add_argument("run_dirs", nargs="+")
+    plot.add_argument("--out", default="curves.png", help="PNG file to write")
+
+    data = commands.add_parser("data", help="print decoded samples of a recipe's task")
+    data.add_argument("recipe")
+    data.add_argument("-n", type=int, default=3, help="number of samples")
+    data.add_argument("--split", default="train", choices=("train", "val", "test"))
+    data.add_argument("--write", metavar="FILE", help="write the split as JSON lines / parquet instead")
+    _add_set(data)
+
+    validate = commands.add_parser("validate", help="check recipes without building models (exit 0/1)")
+    validate.add_argument("recipes", nargs="+")
+    _add_set(validate)
+
+    show = commands.add_parser("show", help="print the fully resolved recipe as TOML")
+    show.add_argument("recipe")
+    _add_set(show)
+
+    commands.add_parser("plugins", help="list plugins, their components and load errors")
+
+    list_ = commands.add_parser("list", help="list components with their options")
+    list_.add_argument("kind", nargs="?", help=f"one of: {', '.join(KINDS)}")
+    return parser
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from ttt_core.recipe import load_recipe
+
+    failed = 0
+    for path in args.recipes:
+        try:
+            load_recipe(path, args.overrides)
+        except TTTError as exc:
+            failed += 1
+            print("\n".join(exc.lines), file=sys.stderr)
+        else:
+            print(f"ok {path}")
+    return 1 if failed else 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from ttt_core.recipe import dumps_toml, load_recipe
+
+    print(dumps_toml(load_recipe(args.recipe, args.overrides).resolved()), end="")
+    return 0
+
+
+def cmd_plugins(_args: argparse.Namespace) -> int:
+    from ttt_core.plugins import default_host
+
+    host = default_host()
+    for info in host.plugins:
+        print(f"{info.name}: {info.distribution} {info.version} ({info.module})")
+        if info.error:
+            print(f"  ERROR: {info.error}")
+        for kind, name in info.components:
+            print(f"  {kind}: {name}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from ttt_core.plugins import default_host
+    from ttt_core.recipe import options_of
+
+    host = default_host()
+    if args.kind is not None and args.kind not in KINDS:
+        raise TTTError(f"unknown kind '{args.kind}'{did_you_mean(args.kind, KINDS)}; kinds: {', '.join(KINDS)}")
+    for kind in [args.kind] if args.kind else KINDS:
+        print(f"{kind}:")
+        for component in host.registry[kind]:
+            aliases = f" (aliases: {', '.join(component.aliases)})" if component.aliases else ""
+            print(f"  {component.name}{aliases}  [{component.provider.distribution} {component.provider.version}]")
+            if component.description:
+                print(f"      {component.description}")
+            for name, type_, default in options_of(component.config):
+                print(f"      {name}: {type_} = {default!r}")
+    broken = host.broken()
+    if broken:
+        print("\nplugins that failed to load (see `ttt plugins`): " + ", ".join(broken))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ttt_core.train.launch import run_command
+
+    return run_command(args.recipe, out=args.out, overrides=args.overrides, nproc=args.nproc, quiet=args.quiet)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ttt_core.train.evaluate import eval_command
+
+    return eval_command(args.run_dir, split=args.split, checkpoint=args.checkpoint, overrides=args.overrides)
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from ttt_core.train.plot import plot_runs
+
+    print(plot_runs(args.run_dirs, args.out))
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from ttt_core.train.data import data_command
+
+    return data_command(args.recipe, n=args.n, split=args.split, write=args.write, overrides=args.overrides)
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "eval": cmd_eval,
+    "plot": cmd_plot,
+    "data": cmd_data,
+    "validate": cmd_validate,
+    "show": cmd_show,
+    "plugins": cmd_plugins,
+    "list": cmd_list,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    debug = args.debug or os.environ.get("TTT_DEBUG", "") not in ("", "0")
+    try:
+        return COMMANDS[args.command](args)
+    except TTTError as exc:
+        if debug:
+            raise
+        print("\n".join(exc.lines), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

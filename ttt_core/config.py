@@ -1,0 +1,109 @@
+"""The standard recipe tables every recipe has, and validators for component configs.
+
+Imports no torch: `ttt validate` structures these without building a model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from ttt_core.errors import did_you_mean
+
+
+def one_of(*choices: str) -> Callable[[Any, attrs.Attribute, Any], None]:
+    """attrs validator: value must be one of `choices` (with a did-you-mean)."""
+
+    def check(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value not in choices:
+            raise ValueError(
+                f"option '{attribute.name}' must be one of {', '.join(choices)}; "
+                f"got '{value}'{did_you_mean(str(value), choices)}"
+            )
+
+    return check
+
+
+def positive(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None and value <= 0:
+        raise ValueError(f"option '{attribute.name}' must be > 0; got {value}")
+
+
+def non_negative(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None and value < 0:
+        raise ValueError(f"option '{attribute.name}' must be >= 0; got {value}")
+
+
+def in_range(low: float, high: float) -> Callable[[Any, attrs.Attribute, Any], None]:
+    def check(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if not low <= value <= high:
+            raise ValueError(f"option '{attribute.name}' must be in [{low}, {high}]; got {value}")
+
+    return check
+
+
+@attrs.define
+class TrainConfig:
+    """[train]: the outer loop."""
+
+    steps: int = attrs.field(default=1000, validator=positive)
+    batch_size: int = attrs.field(default=64, validator=positive)
+    seed: int = 0
+    eval_every: int = attrs.field(default=500, validator=positive)
+    checkpoint_every: int = attrs.field(default=500, validator=positive)
+    log_every: int = attrs.field(default=10, validator=positive)
+    max_bad_steps: int = attrs.field(default=20, validator=positive)
+    """Consecutive steps with a non-finite loss before the run stops."""
+    device: str = attrs.field(default="auto", validator=one_of("auto", "cpu", "cuda"))
+    threads: int | None = attrs.field(default=None, validator=positive)
+    """CPU threads for torch (None: torch's default)."""
+
+
+@attrs.define
+class EvalConfig:
+    """[eval]: held-out evaluation."""
+
+    samples: int = attrs.field(default=2000, validator=positive)
+    """Test samples for the final report."""
+    val_samples: int = attrs.field(default=500, validator=positive)
+    """Validation samples evaluated every `train.eval_every` steps."""
+    batch_size: int = attrs.field(default=250, validator=positive)
+
+
+@attrs.define
+class DistributedConfig:
+    """[distributed]: how many processes and through what."""
+
+    backend: str = attrs.field(default="none", validator=one_of("none", "deepspeed"))
+    deepspeed_config: str | None = None
+    """A DeepSpeed JSON file (relative to the recipe) used instead of an embedded [deepspeed] table."""
+
+
+@attrs.define
+class InnerConfig:
+    """[inner]: the differentiable inner loop shared by every learner (see `ttt_core.inner`)."""
+
+    steps: int = attrs.field(default=2, validator=non_negative)
+    lr: float = attrs.field(default=1.0, validator=positive)
+    """Initial inner learning rate (learned afterwards unless learn_lr = "none")."""
+    rule: str = attrs.field(default="sgd", validator=one_of("sgd", "momentum", "adam"))
+    momentum: float = attrs.field(default=0.9, validator=in_range(0.0, 1.0))
+    beta1: float = attrs.field(default=0.9, validator=in_range(0.0, 1.0))
+    beta2: float = attrs.field(default=0.999, validator=in_range(0.0, 1.0))
+    eps: float = attrs.field(default=1e-8, validator=positive)
+    grad_mode: str = attrs.field(default="first", validator=one_of("first", "second", "truncated"))
+    """first: gradients detached (cheap), second: full MAML, truncated: second order for the last
+    `truncate` steps only."""
+    truncate: int = attrs.field(default=1, validator=non_negative)
+    learn_lr: str = attrs.field(
+        default="scalar", validator=one_of("none", "scalar", "per_step", "per_group", "per_step_group")
+    )
+    clip_value: float | None = attrs.field(default=None, validator=positive)
+    clip_norm: float | None = attrs.field(default=None, validator=positive)
+    """Per-example gradient clipping by global norm over the state."""
+    stability: float = attrs.field(default=0.0, validator=non_negative)
+    """Weight of ||state - initial state||^2 added to the inner loss."""
+    outer_weight: float = attrs.field(default=0.0, validator=non_negative)
+    """Weight of the mean inner loss added to the outer loss."""

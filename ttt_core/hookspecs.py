@@ -1,0 +1,41 @@
+"""The plugin API of `ttt`: every hook a plugin may implement.
+
+A plugin is a module (or object) with functions decorated by `ttt_core.hookimpl`, exposed through
+an entry point in the group `ttt`::
+
+    # pyproject.toml
+    [project.entry-points.ttt]
+    my_memory = "my_memory.plugin"
+
+A hook implementation whose name is not listed here is an error (`ttt plugins` shows it), so a
+misspelled hook never fails silently.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from ttt_core.registry import ProviderRegistry
+
+PROJECT = "ttt"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def ttt_register_components(registry: ProviderRegistry) -> None:
+    """Add components to the registry.
+
+    Call ``registry.add(kind, name, config=ConfigClass, factory=build_fn, aliases=(...),
+    description="one line")`` once per component. ``kind`` is one of ``ttt_core.registry.KINDS``:
+    backbone, inner_learner, memory_writer, recurrence, task, outer_optimizer. ``ConfigClass`` is an
+    attrs class whose fields are the options a recipe may set in the component's table;
+    ``build_fn(config, **context)`` builds the component when a run needs it (the context each
+    kind receives is documented in ``ttt_core.interfaces``). Keep the module that holds this hook
+    cheap to import: import torch and friends inside ``build_fn``, or give ``factory`` as a
+    ``"package.module:function"`` string.
+    """

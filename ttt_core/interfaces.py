@@ -1,0 +1,171 @@
+"""The contracts of the six component kinds.
+
+A plugin implements one of these classes and registers a factory for it (see
+`ttt_core.hookspecs.ttt_register_components`). The factory of each kind is called as
+``factory(config, **context)`` with the context listed in the class docstring.
+
+Vocabulary used throughout:
+    B  batch size, T  sequence length, d  model width, M  number of memory tokens.
+    A *state* is a ``dict[str, Tensor]`` of fast weights, each with a leading batch dimension, so
+    one ``torch.autograd.grad`` of the summed inner loss gives every example its own gradient.
+    Segments and episodes are defined in `ttt_core.episode`.
+
+This module imports torch only for type checking, so that registration stays cheap.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+    from ttt_core.episode import Episode, Segment
+
+State = dict[str, "Tensor"]
+
+
+class Tokenizer(Protocol):
+    vocab_size: int
+    pad_id: int
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: list[int]) -> str: ...
+
+
+class Backbone(ABC):
+    """The sequence model (an ``nn.Module``). Context: ``vocab_size: int``.
+
+    It consumes embeddings rather than ids so that memory tokens can be prefixed, and exposes its
+    blocks so that recurrences can run them one at a time (``layers``) or several in one batched
+    call (``stacked_layer_params`` + a functional block, used by diagonal batching).
+    """
+
+    dim: int
+    n_layers: int
+    vocab_size: int
+    layers: nn.ModuleList
+
+    @abstractmethod
+    def embed(self, ids: Tensor) -> Tensor:
+        """``[B, T]`` token ids -> ``[B, T, d]`` embeddings."""
+
+    @abstractmethod
+    def forward(self, embeds: Tensor, mask: Tensor | None = None, return_hidden: bool = False) -> Any:
+        """Run all blocks and the head.
+
+        Returns an object with ``logits [B, T, vocab]`` and ``hidden_states`` (the input of the
+        first block then each block's output, or None unless ``return_hidden``). ``mask`` is
+        ``[B, T]`` bool, True for real tokens; padded positions never change real ones.
+        """
+
+    @abstractmethod
+    def head(self, hidden: Tensor) -> Tensor:
+        """Final norm and output projection: ``[B, T, d]`` -> ``[B, T, vocab]``."""
+
+
+class MemoryWriter(ABC):
+    """Turns fast state plus context into the memory the backbone reads (an ``nn.Module``).
+
+    Context: ``dim: int`` (model width). A writer may own fast weights of its own (the
+    cross-attention writer adapts its projections per example): ``init_state`` returns them and the
+    inner loop adapts them together with the learner's state.
+    """
+
+    @abstractmethod
+    def init_state(self, batch_size: int) -> State:
+        """The writer's fast weights for a batch, from their meta-learned initial value ({} if none)."""
+
+    @abstractmethod
+    def forward(
+        self, state: State, memory: Tensor, context: Tensor | None, context_mask: Tensor | None
+    ) -> Tensor:
+        """``memory [B, M, d]`` and ``context [B, T, d]`` embeddings -> written memory ``[B, M, d]``."""
+
+
+class InnerLearner(ABC):
+    """Fast weights with a meta-learned initial value, adapted per example at test time.
+
+    An ``nn.Module``. Context: ``backbone: Backbone``, ``writer: MemoryWriter``. The inner loop
+    (`ttt_core.inner`) calls ``inner_loss`` K times and updates the state with its gradient; the
+    recurrence then calls ``forward`` to read.
+    """
+
+    @abstractmethod
+    def init_state(self, batch_size: int) -> State:
+        """Per-example copies of the meta-learned initial fast weights (kept in the graph)."""
+
+    @abstractmethod
+    def inner_loss(self, state: State, segment: Segment) -> Tensor:
+        """The test-time training objective on one context segment, per example: ``[B]``."""
+
+    @abstractmethod
+    def forward(self, state: State, ids: Tensor, mask: Tensor, context: Segment | None = None) -> Tensor:
+        """Read: logits ``[B, T, vocab]`` of ``ids`` under the adapted state.
+
+        ``context`` is the last context segment, for writers that read it when writing memory.
+        """
+
+
+class Recurrence(ABC):
+    """How an episode's context is cut into segments and memory carried between them.
+
+    An ``nn.Module`` (it may own parameters, e.g. global tokens). Context: none.
+    """
+
+    @abstractmethod
+    def forward(self, model: Any, episode: Episode) -> Any:
+        """Adapt on the context and read the answer.
+
+        ``model`` is a `ttt_core.model.MetaModel` (backbone, learner, writer, inner loop). Returns a
+        `ttt_core.model.ReadOutput`: logits over ``episode.answer`` plus inner-loop statistics.
+        """
+
+
+class Task(ABC):
+    """Data, tokenizer, collation into episodes and metrics. Context: none.
+
+    Data is a deterministic function of (split, seed, index), so a run resumes at any position and
+    every rank draws its own shard.
+    """
+
+    tokenizer: Tokenizer
+
+    @abstractmethod
+    def train_batch(self, position: int, batch_size: int, seed: int) -> Episode:
+        """The training batch made of stream samples ``position .. position + batch_size - 1``."""
+
+    @abstractmethod
+    def eval_batches(self, split: str, samples: int, batch_size: int, seed: int) -> Iterator[Episode]:
+        """A fixed held-out set (``split`` is "val" or "test"), disjoint from training data."""
+
+    @abstractmethod
+    def metrics(self, logits: Tensor, episode: Episode) -> dict[str, Tensor]:
+        """Per-example metrics ``[B]`` from the answer logits; ``exact_match`` is the headline."""
+
+    @abstractmethod
+    def describe(self, episode: Episode, index: int) -> str:
+        """Decoded text of one example, for `ttt data`."""
+
+
+class OuterOptimizer(ABC):
+    """The meta-learner. Context: ``model: MetaModel``, ``total_steps: int``.
+
+    Parameter groups come from ``model.param_groups()`` (backbone, memory initial state,
+    meta-parameters such as inner learning rates), each with its own learning rate.
+    """
+
+    optimizer: Any  # torch.optim.Optimizer
+
+    @abstractmethod
+    def step(self, step: int) -> dict[str, float]:
+        """Clip, step the optimizer and the schedule; return stats (lr, grad_norm)."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
