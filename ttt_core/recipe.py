@@ -390,7 +390,7 @@ def build_recipe(
             problems.append((slot, f"expected a table, got {_describe(table)}"))
             continue
         options = dict(table)
-        name = options.pop("name", None)
+        name = options.pop("name", DEFAULT_SLOTS.get(slot))
         if not isinstance(name, str):
             available = ", ".join(registry[kind].names())
             problems.append((slot, f"missing 'name' of the {kind.replace('_', ' ')}; available: {available}"))
