@@ -26,6 +26,20 @@ class LlamaConfig:
     norm_eps: float = attrs.field(default=1e-6, validator=positive)
     tie_embeddings: bool = False
 
+    def __attrs_post_init__(self) -> None:
+        if self.head_dim % 2:
+            raise ValueError(f"option 'dim' / 'heads' = {self.head_dim} must be even for RoPE")
+        if self.hidden_dim < 1:
+            raise ValueError(f"option 'mlp_ratio' ({self.mlp_ratio}) gives an empty MLP at dim {self.dim}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.heads
+
+    @property
+    def hidden_dim(self) -> int:
+        return int(self.mlp_ratio * self.dim)
+
 
 @attrs.define
 class MemoryTokensConfig:

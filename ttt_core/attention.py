@@ -1,0 +1,77 @@
+"""Causal self-attention that picks its kernel by whether a second backward pass may come.
+
+PyTorch's fused SDPA kernels (flash, memory-efficient, the CPU flash kernel) are fast but have no
+double backward, and MAML-style inner loops differentiate through the gradient of the attention.
+The inner loop therefore enters `keep_graph()` while it computes losses with `create_graph=True`;
+inside it `causal_attention` takes an explicit matmul/softmax path that autograd can differentiate
+any number of times. Outside it the fused kernel runs. A context variable (not a global flag) keeps
+the choice correct across threads and nested calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+_KEEP_GRAPH: ContextVar[bool] = ContextVar("ttt_keep_graph", default=False)
+
+
+@contextmanager
+def keep_graph(enabled: bool = True) -> Iterator[None]:
+    """Within this block attention uses the twice-differentiable math path (or not, if disabled)."""
+    token = _KEEP_GRAPH.set(enabled)
+    try:
+        yield
+    finally:
+        _KEEP_GRAPH.reset(token)
+
+
+def graph_kept() -> bool:
+    """Whether the current context asked for double-backward-safe kernels."""
+    return _KEEP_GRAPH.get()
+
+
+def causal_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None) -> Tensor:
+    """Causal scaled dot-product attention over `[..., H, T, hd]` tensors.
+
+    `key_mask` is `[..., T]` bool (True = real token), with the leading dims of `q` minus `H`
+    (`[B, T]` for `[B, H, T, hd]`). Every position may attend to itself even when it is padding, so
+    padded rows stay finite (their outputs are meaningless but never NaN).
+    """
+    lead, (heads, t, hd) = q.shape[:-3], q.shape[-3:]
+    if k.shape[-2] != t:
+        raise ValueError(f"causal_attention needs as many keys as queries, got {k.shape[-2]} vs {t}")
+    # Flatten leading dims to one batch dim: the fused kernels want 4-D inputs.
+    q, k, v = (x.reshape(-1, heads, t, hd) for x in (q, k, v))
+    allowed = None if key_mask is None else _allowed(key_mask.expand(*lead, t).reshape(-1, t))
+    if graph_kept():
+        out = _math_attention(q, k, v, allowed)
+    elif allowed is None:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+    return out.reshape(*lead, heads, t, hd)
+
+
+def _allowed(key_mask: Tensor) -> Tensor:
+    """`[N, 1, T, T]` bool: causal, real keys only, and always the diagonal."""
+    t = key_mask.shape[-1]
+    causal = torch.ones(t, t, dtype=torch.bool, device=key_mask.device).tril()
+    diagonal = torch.eye(t, dtype=torch.bool, device=key_mask.device)
+    return (causal & key_mask[:, None, None, :].bool()) | diagonal
+
+
+def _math_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None) -> Tensor:
+    """Plain matmul/softmax attention: slower, but every op has a double backward."""
+    t = q.shape[-2]
+    if allowed is None:
+        allowed = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
+    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    probs = scores.softmax(-1, dtype=torch.promote_types(scores.dtype, torch.float32))
+    return probs.to(v.dtype) @ v

@@ -1,0 +1,210 @@
+"""A small LLaMA-style decoder: RMSNorm, RoPE, causal self-attention, SwiGLU.
+
+It takes input embeddings rather than ids so that memory tokens can be prefixed, returns per-layer
+hidden states on request, and exposes its blocks so recurrence schemes can run them one at a time.
+
+Every block runs through one functional path, `block_forward(params, x)`, where each parameter and
+the input carry a leading "cell" dim C: C different layers applied to C different inputs with one
+batched matmul per projection. `LlamaBlock.forward` is that path with C = 1, so the diagonal-batching
+scheduler (several (layer, segment) cells at once) and the sequential reference agree exactly.
+
+Block parameters are plain tensors in `nn.Linear` layout (`[out, in]`):
+`attn_norm [d]`, `wqkv [3d, d]`, `wo [d, d]`, `mlp_norm [d]`, `w_gate_up [2h, d]`, `w_down [d, h]`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ttt_core.attention import causal_attention
+from ttt_core.builtin.configs import LlamaConfig
+
+
+class BackboneOutput(NamedTuple):
+    logits: Tensor  # [B, T, V]
+    hidden_states: tuple[Tensor, ...] | None  # input of layer 0, then each layer's output
+
+
+# ---------------------------------------------------------------------------------------------
+# The functional block: every tensor has a leading cell dim C.
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """RMSNorm over the last dim, computed in float32 at least; `weight` broadcasts against x."""
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * weight
+
+
+def rope(positions: Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """cos, sin of shape `[..., 1, T, hd]` for positions `[..., T]` (the 1 broadcasts over heads)."""
+    inv_freq = theta ** -(torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    angles = positions.to(torch.float32)[..., None] * inv_freq
+    angles = torch.cat([angles, angles], dim=-1).unsqueeze(-3)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate pairs (i, i + hd/2) of x `[..., H, T, hd]` (the GPT-NeoX / HF LLaMA convention)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+def _linear(x: Tensor, weight: Tensor) -> Tensor:
+    """x `[C, B, T, in]` times per-cell weight `[C, out, in]`: one bmm for all cells."""
+    c, b, t, d_in = x.shape
+    return torch.bmm(x.reshape(c, b * t, d_in), weight.transpose(1, 2)).view(c, b, t, -1)
+
+
+def _cell(weight: Tensor) -> Tensor:
+    """A per-cell vector `[C, d]` as `[C, 1, 1, d]` so it broadcasts over batch and time."""
+    return weight[:, None, None, :]
+
+
+def _attention(params: dict[str, Tensor], x: Tensor, mask: Tensor | None, positions: Tensor, config: LlamaConfig) -> Tensor:
+    c, b, t, d = x.shape
+    qkv = _linear(x, params["wqkv"]).view(c, b, t, 3, config.heads, config.head_dim)
+    q, k, v = qkv.permute(3, 0, 1, 4, 2, 5)  # each [C, B, H, T, hd]
+    cos, sin = rope(positions, config.head_dim, config.rope_theta, x.dtype)
+    out = causal_attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, mask)
+    return _linear(out.transpose(2, 3).reshape(c, b, t, d), params["wo"])
+
+
+def _mlp(params: dict[str, Tensor], x: Tensor) -> Tensor:
+    gate, up = _linear(x, params["w_gate_up"]).chunk(2, dim=-1)
+    return _linear(F.silu(gate) * up, params["w_down"])
+
+
+def block_forward(
+    params: dict[str, Tensor],
+    x: Tensor,
+    mask: Tensor | None = None,
+    positions: Tensor | None = None,
+    *,
+    config: LlamaConfig,
+) -> Tensor:
+    """Run C blocks (one per cell) on C inputs: x `[C, B, T, d]` -> `[C, B, T, d]`.
+
+    `params` holds every block parameter stacked along a leading C dim (`Llama.stacked_layer_params`).
+    `mask` is `[C, B, T]` bool (True = real token) or anything broadcastable to it; `positions`
+    (RoPE) is `[T]`, `[B, T]` or `[C, B, T]` and defaults to `arange(T)`.
+    """
+    if positions is None:
+        positions = torch.arange(x.shape[2], device=x.device)
+    h = x + _attention(params, rms_norm(x, _cell(params["attn_norm"]), config.norm_eps), mask, positions, config)
+    return h + _mlp(params, rms_norm(h, _cell(params["mlp_norm"]), config.norm_eps))
+
+
+# ---------------------------------------------------------------------------------------------
+# Modules
+
+
+class LlamaBlock(nn.Module):
+    """Pre-norm block: x + Attn(RMSNorm(x)), then h + SwiGLU(RMSNorm(h))."""
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.config = config
+        d, h = config.dim, config.hidden_dim
+        self.attn_norm = nn.Parameter(torch.ones(d))
+        self.wqkv = nn.Parameter(torch.empty(3 * d, d))
+        self.wo = nn.Parameter(torch.empty(d, d))
+        self.mlp_norm = nn.Parameter(torch.ones(d))
+        self.w_gate_up = nn.Parameter(torch.empty(2 * h, d))
+        self.w_down = nn.Parameter(torch.empty(d, h))
+
+    def params(self) -> dict[str, Tensor]:
+        return dict(self.named_parameters())
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, positions: Tensor | None = None) -> Tensor:
+        """x `[B, T, d]`, mask `[B, T]` bool, positions `[T]` or `[B, T]` -> `[B, T, d]`."""
+        params = {name: p.unsqueeze(0) for name, p in self.named_parameters()}
+        mask = None if mask is None else mask.unsqueeze(0)
+        return block_forward(params, x.unsqueeze(0), mask, positions, config=self.config)[0]
+
+
+class Llama(nn.Module):
+    """Decoder-only LM over input embeddings: `embed(ids)`, `forward(embeds)`, `head(hidden)`."""
+
+    def __init__(self, config: LlamaConfig, vocab_size: int) -> None:
+        super().__init__()
+        self.config = config
+        self.dim, self.n_layers, self.vocab_size = config.dim, config.layers, vocab_size
+        self.tok_embeddings = nn.Embedding(vocab_size, config.dim)
+        self.layers = nn.ModuleList(LlamaBlock(config) for _ in range(config.layers))
+        self.norm = nn.Parameter(torch.ones(config.dim))
+        self.lm_head = nn.Linear(config.dim, vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.tok_embeddings.weight
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2 init: N(0, 0.02) everywhere, residual projections scaled by 1/sqrt(2 * layers)
+        so the residual stream's variance does not grow with depth; norm gains start at 1."""
+        residual_std = 0.02 / math.sqrt(2 * self.n_layers)
+        nn.init.normal_(self.tok_embeddings.weight, std=0.02)
+        if not self.config.tie_embeddings:
+            nn.init.normal_(self.lm_head.weight, std=0.02)
+        nn.init.ones_(self.norm)
+        for block in self.layers:
+            nn.init.normal_(block.wqkv, std=0.02)
+            nn.init.normal_(block.w_gate_up, std=0.02)
+            nn.init.normal_(block.wo, std=residual_std)
+            nn.init.normal_(block.w_down, std=residual_std)
+            nn.init.ones_(block.attn_norm)
+            nn.init.ones_(block.mlp_norm)
+
+    def embed(self, ids: Tensor) -> Tensor:
+        """ids `[B, T]` -> embeddings `[B, T, d]`."""
+        return self.tok_embeddings(ids)
+
+    def head(self, x: Tensor) -> Tensor:
+        """Final RMSNorm and LM head: hidden `[..., d]` -> logits `[..., V]`."""
+        return self.lm_head(rms_norm(x, self.norm, self.config.norm_eps))
+
+    def forward(
+        self,
+        embeds: Tensor,
+        mask: Tensor | None = None,
+        return_hidden: bool = False,
+        positions: Tensor | None = None,
+    ) -> BackboneOutput:
+        """embeds `[B, T, d]`, mask `[B, T]` bool (True = real) -> logits `[B, T, V]`.
+
+        Prefixes (memory tokens) are simply concatenated to `embeds`; positions default to arange(T)
+        over the whole sequence. With left padding pass positions that start at the first real token.
+        """
+        x, hidden = embeds, [embeds]
+        for layer in self.layers:
+            x = layer(x, mask, positions)
+            hidden.append(x)
+        return BackboneOutput(self.head(x), tuple(hidden) if return_hidden else None)
+
+    def stacked_layer_params(self, indices: Tensor | list[int] | None = None) -> dict[str, Tensor]:
+        """Parameters of the chosen layers stacked along a new leading dim (differentiable)."""
+        if indices is None:
+            indices = range(self.n_layers)
+        elif isinstance(indices, Tensor):
+            indices = indices.tolist()
+        blocks = [self.layers[i] for i in indices]
+        return {name: torch.stack([getattr(b, name) for b in blocks]) for name, _ in self.layers[0].named_parameters()}
+
+    def run_layers(
+        self,
+        indices: Tensor | list[int],
+        x: Tensor,
+        mask: Tensor | None = None,
+        positions: Tensor | None = None,
+    ) -> Tensor:
+        """Layer `indices[c]` applied to `x[c]` for every cell c in one batched call: `[C, B, T, d]`."""
+        return block_forward(self.stacked_layer_params(indices), x, mask, positions, config=self.config)
+
+
+def build_llama(config: LlamaConfig, *, vocab_size: int) -> Llama:
+    """Registry factory: the vocabulary comes from the task."""
+    return Llama(config, vocab_size)

@@ -1,0 +1,154 @@
+"""The differentiable inner loop every learner reuses.
+
+K steps of gradient descent on a per-example loss over a *state* (``dict`` of fast weights, each
+with a leading batch dimension). One ``autograd.grad`` of the summed loss gives every example its
+own gradient, because examples never share fast weights.
+
+Grad modes:
+    first      the update ``s - lr * g`` keeps ``s`` and ``lr`` in the graph but detaches ``g``:
+               cheap, and the learned inner learning rate still receives a gradient.
+    second     full MAML: ``g`` is computed with ``create_graph=True``.
+    truncated  second order for the last ``truncate`` steps, first order before them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ttt_core.attention import keep_graph
+from ttt_core.config import InnerConfig
+from ttt_core.interfaces import State
+
+LossFn = Callable[[State], Tensor]
+
+
+# --- update rules: pure functions of (param, grad, lr, buffers, step) -> (new param, new buffers)
+
+
+def sgd(param: Tensor, grad: Tensor, lr: Tensor, buffers: dict, step: int, config: InnerConfig):
+    return param - lr * grad, buffers
+
+
+def momentum(param: Tensor, grad: Tensor, lr: Tensor, buffers: dict, step: int, config: InnerConfig):
+    velocity = grad if "v" not in buffers else config.momentum * buffers["v"] + grad
+    return param - lr * velocity, {"v": velocity}
+
+
+def adam(param: Tensor, grad: Tensor, lr: Tensor, buffers: dict, step: int, config: InnerConfig):
+    m = (1 - config.beta1) * grad + (config.beta1 * buffers["m"] if "m" in buffers else 0)
+    v = (1 - config.beta2) * grad * grad + (config.beta2 * buffers["v"] if "v" in buffers else 0)
+    m_hat = m / (1 - config.beta1 ** (step + 1))
+    v_hat = v / (1 - config.beta2 ** (step + 1))
+    return param - lr * m_hat / (v_hat.sqrt() + config.eps), {"m": m, "v": v}
+
+
+RULES = {"sgd": sgd, "momentum": momentum, "adam": adam}
+
+
+def per_example_norm(tensors: Sequence[Tensor]) -> Tensor:
+    """``[B]`` global L2 norm over all tensors, per example (leading dim)."""
+    squares = [t.reshape(t.shape[0], -1).pow(2).sum(1) for t in tensors]
+    return torch.stack(squares).sum(0).sqrt()
+
+
+def clip_per_example(grads: list[Tensor], config: InnerConfig) -> list[Tensor]:
+    if config.clip_value is not None:
+        grads = [g.clamp(-config.clip_value, config.clip_value) for g in grads]
+    if config.clip_norm is not None:
+        scale = (config.clip_norm / (per_example_norm(grads) + 1e-6)).clamp(max=1.0)
+        grads = [g * scale.view(-1, *([1] * (g.dim() - 1))) for g in grads]
+    return grads
+
+
+def lr_shape(config: InnerConfig, groups: int) -> tuple[int, ...]:
+    steps = max(config.steps, 1)
+    return {
+        "none": (),
+        "scalar": (),
+        "per_step": (steps,),
+        "per_group": (groups,),
+        "per_step_group": (steps, groups),
+    }[config.learn_lr]
+
+
+class InnerLoop(nn.Module):
+    """K differentiable steps over a state, with learned (positive) inner learning rates."""
+
+    def __init__(self, config: InnerConfig, groups: Sequence[str]) -> None:
+        super().__init__()
+        self.config = config
+        self.groups = list(groups)
+        log_lr = torch.full(lr_shape(config, len(self.groups)), math.log(config.lr))
+        if config.learn_lr == "none":
+            self.register_buffer("log_lr", log_lr)
+        else:
+            self.log_lr = nn.Parameter(log_lr)  # exp keeps the learning rate positive
+
+    def lr(self, step: int, group: int) -> Tensor:
+        mode = self.config.learn_lr
+        index = {
+            "none": (),
+            "scalar": (),
+            "per_step": (step,),
+            "per_group": (group,),
+            "per_step_group": (step, group),
+        }[mode]
+        return self.log_lr[index].exp()
+
+    def create_graph(self, step: int) -> bool:
+        """Second order only while training: evaluation needs the adapted state, not its graph."""
+        if not self.training:
+            return False
+        mode, steps = self.config.grad_mode, self.config.steps
+        return mode == "second" or (mode == "truncated" and step >= steps - self.config.truncate)
+
+    def forward(self, loss_fn: LossFn, state: State) -> tuple[State, dict[str, Tensor]]:
+        """Adapt `state` on `loss_fn` (per-example losses ``[B]``); return it and statistics."""
+        config = self.config
+        keys = list(state)
+        missing = [k for k in keys if k not in self.groups]
+        if missing:
+            raise KeyError(f"state keys {missing} are not inner-loop groups {self.groups}")
+        initial = dict(state)
+        buffers: dict[str, dict] = {k: {} for k in keys}
+        rule = RULES[config.rule]
+        losses, grad_norms = [], []
+        outer_terms = []
+        for step in range(config.steps):
+            create_graph = self.create_graph(step)
+            with keep_graph() if create_graph else contextlib.nullcontext():
+                per_example = loss_fn(state)
+                if config.outer_weight:
+                    outer_terms.append(per_example.mean())
+                if config.stability:
+                    drift = [state[k] - initial[k] for k in keys]
+                    per_example = per_example + config.stability * per_example_norm(drift).pow(2)
+                grads = torch.autograd.grad(
+                    per_example.sum(),
+                    [state[k] for k in keys],
+                    create_graph=create_graph,
+                    retain_graph=create_graph or bool(config.outer_weight),
+                )
+            if not create_graph:
+                grads = tuple(g.detach() for g in grads)
+            grads = clip_per_example(list(grads), config)
+            new_state = {}
+            for k, grad in zip(keys, grads):
+                lr = self.lr(step, self.groups.index(k))
+                new_state[k], buffers[k] = rule(state[k], grad, lr, buffers[k], step, config)
+            state = new_state
+            losses.append(per_example.detach().mean())
+            grad_norms.append(per_example_norm([g.detach() for g in grads]).mean())
+        stats: dict[str, Tensor] = {}
+        if losses:
+            stats["inner_loss"] = torch.stack(losses)
+            stats["inner_grad_norm"] = torch.stack(grad_norms)
+        stats["memory_norm"] = per_example_norm([v.detach() for v in state.values()]).mean()
+        if outer_terms:
+            stats["outer_term"] = torch.stack(outer_terms).mean()  # in the graph: added to the outer loss
+        return state, stats

@@ -1,0 +1,95 @@
+"""The meta-learned model: backbone + inner learner + writer + inner loop, and the outer loss."""
+
+from __future__ import annotations
+
+import attrs
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ttt_core.episode import Episode, Segment
+from ttt_core.inner import InnerLoop
+from ttt_core.interfaces import State
+
+IGNORE = -100
+
+
+@attrs.frozen
+class ReadOutput:
+    """What a recurrence returns: logits over the answer input and inner-loop statistics."""
+
+    logits: Tensor
+    stats: dict[str, Tensor] = attrs.field(factory=dict)
+
+
+def answer_input(episode: Episode) -> tuple[Tensor, Tensor, Tensor]:
+    """Teacher forcing: ids and mask of ``[query; target]`` packed per example, and labels.
+
+    ``labels[b, t]`` is the token that position ``t`` must predict (a target token) or -100, so
+    ``cross_entropy(logits, labels)`` is the answer loss. Packing (not padding between query and
+    target) keeps every answer right after its query when queries differ in length.
+    """
+    query, target = episode.query, episode.target
+    q_len, t_len = query.mask.sum(1), target.mask.sum(1)
+    total = int((q_len + t_len).max())
+    batch = query.ids.shape[0]
+    device = query.ids.device
+    positions = torch.arange(total, device=device).expand(batch, total)
+    in_target = (positions >= q_len[:, None]) & (positions < (q_len + t_len)[:, None])
+    ids = torch.zeros(batch, total, dtype=torch.long, device=device)
+    ids[:, : query.ids.shape[1]] = torch.where(query.mask, query.ids, 0)
+    target_index = (positions - q_len[:, None]).clamp(0, target.ids.shape[1] - 1)
+    ids = torch.where(in_target, target.ids.gather(1, target_index), ids)
+    mask = positions < (q_len + t_len)[:, None]
+    labels = torch.full_like(ids, IGNORE)
+    labels[:, :-1] = torch.where(in_target[:, 1:], ids[:, 1:], IGNORE)
+    return ids, mask, labels
+
+
+def answer_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
+
+
+def lm_loss_per_example(logits: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
+    """Next-token loss ``[B]``: ``logits[:, t]`` predicts ``ids[:, t]`` (logits are pre-shifted)."""
+    losses = F.cross_entropy(logits.transpose(1, 2).float(), ids, reduction="none")
+    weights = mask.to(losses.dtype)
+    return (losses * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+class MetaModel(nn.Module):
+    """Everything the outer optimiser trains, and the adapt / read calls recurrences use."""
+
+    def __init__(self, backbone: nn.Module, learner: nn.Module, writer: nn.Module, recurrence: nn.Module, inner_config) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.learner = learner
+        self.writer = writer
+        self.recurrence = recurrence
+        self.inner = InnerLoop(inner_config, groups=list(learner.init_state(1)))
+
+    def init_state(self, batch_size: int) -> State:
+        return self.learner.init_state(batch_size)
+
+    def adapt(self, state: State, segment: Segment) -> tuple[State, dict[str, Tensor]]:
+        return self.inner(lambda s: self.learner.inner_loss(s, segment), state)
+
+    def read(self, state: State, ids: Tensor, mask: Tensor, context: Segment | None = None) -> Tensor:
+        return self.learner(state, ids, mask, context)
+
+    def forward(self, episode: Episode) -> ReadOutput:
+        return self.recurrence(self, episode)
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """backbone / memory (initial fast weights: learner and writer) / meta (inner lrs, recurrence)."""
+        groups = {
+            "backbone": list(self.backbone.parameters()),
+            "memory": [*self.learner_own_parameters(), *self.writer.parameters()],
+            "meta": [*self.inner.parameters(), *self.recurrence.parameters()],
+        }
+        return {name: params for name, params in groups.items() if params}
+
+    def learner_own_parameters(self) -> list[nn.Parameter]:
+        """The learner's parameters that are not the backbone's or the writer's (it holds both)."""
+        shared = {id(p) for p in self.backbone.parameters()} | {id(p) for p in self.writer.parameters()}
+        return [p for p in self.learner.parameters() if id(p) not in shared]

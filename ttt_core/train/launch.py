@@ -1,0 +1,38 @@
+"""`ttt run`: pick the run directory, resume if it has a checkpoint, train."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ttt_core.errors import TTTError
+from ttt_core.recipe import load_recipe
+
+
+def resolve_run(recipe_or_dir: str, out: str | None, overrides: list[str]):
+    """(recipe, run_dir) for a recipe file, or for an existing run directory (resume)."""
+    path = Path(recipe_or_dir)
+    if path.is_dir():
+        stored = path / "recipe.toml"
+        if not stored.exists():
+            raise TTTError(f"{path}: not a run directory (no recipe.toml)")
+        return load_recipe(stored, overrides), Path(out) if out else path
+    recipe = load_recipe(path, overrides)
+    return recipe, Path(out) if out else Path("runs") / path.stem
+
+
+def run_command(recipe_or_dir: str, out: str | None, overrides: list[str], nproc: int = 1, quiet: bool = False) -> int:
+    recipe, run_dir = resolve_run(recipe_or_dir, out, overrides)
+    if nproc != 1 or recipe.distributed.backend != "none":
+        raise TTTError(
+            f"{recipe.source}: [distributed] backend '{recipe.distributed.backend}' with --nproc {nproc} "
+            "is not available in this version; use backend = \"none\" and --nproc 1"
+        )
+    from ttt_core.train.trainer import Trainer
+
+    report = Trainer(recipe, run_dir, quiet=quiet).run()
+    test = report["test"]
+    print(
+        f"{run_dir}: {report['steps']} steps in {report['train_time_s']} s; test exact match "
+        f"{100 * test['exact_match']:.2f}% on {test['samples']} samples (report.md)"
+    )
+    return 0

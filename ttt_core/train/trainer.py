@@ -1,0 +1,271 @@
+"""The outer loop: meta-train, evaluate, checkpoint, resume, report."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ttt_core.errors import TTTError
+from ttt_core.model import MetaModel, answer_input, answer_loss
+from ttt_core.recipe import Recipe, dumps_toml
+from ttt_core.train.build import build
+from ttt_core.train.checkpoint import load_checkpoint, save_atomic
+
+# Options that may change when a run is resumed: they do not change what has been computed so far.
+RESUMABLE_CHANGES = {("train", k) for k in ("steps", "eval_every", "checkpoint_every", "log_every", "threads")}
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def versions() -> dict[str, str]:
+    from ttt_core.plugins import default_host
+
+    found = {"python": platform.python_version(), "torch": torch.__version__}
+    found.update(default_host().versions())
+    return found
+
+
+def _flat(data: dict[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, (*prefix, key)))
+        else:
+            out[(*prefix, key)] = value
+    return out
+
+
+def recipe_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Keys (dotted) whose values differ, ignoring those that may change on resume."""
+    a, b = _flat(old), _flat(new)
+    return sorted(
+        ".".join(k) for k in set(a) | set(b) if a.get(k) != b.get(k) and k[:2] not in RESUMABLE_CHANGES
+    )
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per line; truncated to the checkpoint's step on resume."""
+
+    def __init__(self, path: Path, enabled: bool = True) -> None:
+        self.path = path
+        self.enabled = enabled
+
+    def truncate_after(self, step: int) -> None:
+        if not self.enabled or not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            with open(self.path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+
+def _to_float(value: torch.Tensor | float) -> float | list[float]:
+    if isinstance(value, torch.Tensor):
+        return value.tolist() if value.dim() else float(value)
+    return value
+
+
+def step_loss(model: MetaModel, episode) -> tuple[torch.Tensor, Any, torch.Tensor]:
+    """Outer loss of one batch (plus the inner loss if the recipe asks for it)."""
+    out = model(episode)
+    _ids, _mask, labels = answer_input(episode)
+    loss = answer_loss(out.logits, labels)
+    if "outer_term" in out.stats:
+        loss = loss + model.inner.config.outer_weight * out.stats["outer_term"]
+    return loss, out, labels
+
+
+def evaluate(model: MetaModel, task, split: str, samples: int, batch_size: int, seed: int, device) -> dict[str, float]:
+    """Mean loss and metrics over a fixed held-out set. The inner loop still needs autograd."""
+    was_training = model.training
+    model.eval()
+    totals: dict[str, float] = {}
+    count = 0
+    for episode in task.eval_batches(split, samples, batch_size, seed):
+        episode = episode.to(device)
+        loss, out, _labels = step_loss(model, episode)
+        batch = episode.batch_size
+        totals["loss"] = totals.get("loss", 0.0) + float(loss) * batch
+        for name, values in task.metrics(out.logits.detach(), episode).items():
+            totals[name] = totals.get(name, 0.0) + float(values.float().sum())
+        count += batch
+        model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    return {name: total / count for name, total in totals.items()} | {"samples": count}
+
+
+class Trainer:
+    def __init__(self, recipe: Recipe, run_dir: Path, quiet: bool = False, rank: int = 0) -> None:
+        self.recipe = recipe
+        self.run_dir = Path(run_dir)
+        self.quiet = quiet or rank != 0
+        self.is_main = rank == 0
+        if recipe.train.threads:
+            torch.set_num_threads(recipe.train.threads)
+        self.device = pick_device(recipe.train.device)
+        built = build(recipe, self.device)
+        self.task, self.model, self.optimizer = built.task, built.model, built.optimizer
+        self.checkpoint_path = self.run_dir / "checkpoints" / "last.pt"
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.is_main)
+        self.step = 0
+        self.bad_steps = 0
+        self.elapsed = 0.0
+
+    # --- run directory ------------------------------------------------------------------------
+
+    def prepare_run_dir(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        resolved = self.recipe.resolved()
+        stored = self.run_dir / "recipe.toml"
+        if stored.exists() and self.checkpoint_path.exists():
+            from ttt_core.recipe import tomllib
+
+            old = tomllib.loads(stored.read_text())
+            diff = recipe_differences(old, resolved)
+            if diff:
+                raise TTTError(
+                    f"{self.run_dir}: this run directory was made by another recipe (differs in: "
+                    f"{', '.join(diff)}); use another --out or resume it as it is"
+                )
+        if self.is_main:
+            stored.write_text(dumps_toml(resolved))
+            (self.run_dir / "versions.json").write_text(json.dumps(versions(), indent=2) + "\n")
+
+    def save(self) -> None:
+        state = {
+            "step": self.step,
+            "bad_steps": self.bad_steps,
+            "elapsed": self.elapsed,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "recipe": self.recipe.resolved(),
+        }
+        save_atomic(state, self.checkpoint_path)
+
+    def resume(self) -> bool:
+        if not self.checkpoint_path.exists():
+            return False
+        state = load_checkpoint(self.checkpoint_path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step, self.bad_steps, self.elapsed = state["step"], state["bad_steps"], state["elapsed"]
+        self.metrics.truncate_after(self.step)
+        return True
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    def train_step(self) -> dict[str, Any] | None:
+        """One outer step; None if it was skipped for a non-finite loss."""
+        train = self.recipe.train
+        episode = self.task.train_batch(self.step * train.batch_size, train.batch_size, train.seed).to(self.device)
+        loss, out, labels = step_loss(self.model, episode)
+        inner = out.stats.get("inner_loss")
+        finite = torch.isfinite(loss) and (inner is None or bool(torch.isfinite(inner).all()))
+        if finite:
+            loss.backward()
+            stats = self.optimizer.step(self.step)
+            finite = math.isfinite(stats["grad_norm"])
+        if not finite:
+            self.optimizer.optimizer.zero_grad(set_to_none=True)
+            return None
+        accuracy = self.task.metrics(out.logits.detach(), episode)["exact_match"].float().mean()
+        record = {"loss": float(loss), "exact_match": float(accuracy), **stats}
+        record.update({k: _to_float(v) for k, v in out.stats.items() if k != "outer_term"})
+        return record
+
+    def run(self) -> dict[str, Any]:
+        from tqdm import tqdm
+
+        self.prepare_run_dir()
+        resumed = self.resume()
+        train = self.recipe.train
+        if resumed and self.is_main and not self.quiet:
+            print(f"resuming {self.run_dir} at step {self.step}", file=sys.stderr)
+        bar = tqdm(total=train.steps, initial=self.step, disable=self.quiet, dynamic_ncols=True, desc="train")
+        window_start, window_samples = time.perf_counter(), 0
+        while self.step < train.steps:
+            started = time.perf_counter()
+            record = self.train_step()
+            self.elapsed += time.perf_counter() - started
+            if record is None:
+                self.bad_steps += 1
+                warnings.warn(f"step {self.step}: non-finite loss, step skipped ({self.bad_steps} in a row)", stacklevel=1)
+                if self.bad_steps >= train.max_bad_steps:
+                    bar.close()
+                    raise TTTError(
+                        f"stopped at step {self.step}: {self.bad_steps} consecutive non-finite losses; "
+                        f"the last good checkpoint is {self.checkpoint_path}"
+                    )
+                self.step += 1
+                continue
+            self.bad_steps = 0
+            self.step += 1
+            window_samples += train.batch_size
+            bar.update(1)
+            if self.step % train.log_every == 0 or self.step == train.steps:
+                now = time.perf_counter()
+                record["samples_per_s"] = window_samples / max(now - window_start, 1e-9)
+                window_start, window_samples = now, 0
+                bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['exact_match']:.3f}",
+                                sps=f"{record['samples_per_s']:.0f}")
+                self.metrics.write({"step": self.step, "split": "train", "time": self.elapsed, **record})
+            if self.step % train.eval_every == 0 or self.step == train.steps:
+                result = self.evaluate("val", self.recipe.eval.val_samples)
+                bar.write(f"step {self.step}: val loss {result['loss']:.4f} exact match {result['exact_match']:.4f}")
+                self.metrics.write({"step": self.step, "split": "val", "time": self.elapsed, **result})
+            if self.step % train.checkpoint_every == 0 or self.step == train.steps:
+                if self.is_main:
+                    self.save()
+        bar.close()
+        return self.report()
+
+    def evaluate(self, split: str, samples: int) -> dict[str, float]:
+        return evaluate(
+            self.model, self.task, split, samples, self.recipe.eval.batch_size, self.recipe.train.seed, self.device
+        )
+
+    def report(self) -> dict[str, Any]:
+        test = self.evaluate("test", self.recipe.eval.samples)
+        report = {
+            "recipe": self.recipe.source,
+            "steps": self.step,
+            "train_time_s": round(self.elapsed, 1),
+            "test": test,
+        }
+        if self.is_main:
+            write_report(self.run_dir, report, self.recipe)
+        return report
+
+
+def write_report(run_dir: Path, report: dict[str, Any], recipe: Recipe) -> None:
+    (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    task = recipe.data.get("task", {})
+    dataset = task.get("dataset", task.get("name", "?"))
+    lines = [
+        f"# {run_dir.name}",
+        "",
+        "| recipe | dataset | steps | train time (s) | test samples | test loss | test exact match (%) |",
+        "|---|---|---|---|---|---|---|",
+        f"| {recipe.source} | {dataset} | {report['steps']} | {report['train_time_s']} | "
+        f"{report['test']['samples']} | {report['test']['loss']:.4f} | {100 * report['test']['exact_match']:.2f} |",
+        "",
+    ]
+    (run_dir / "report.md").write_text("\n".join(lines))
+
