@@ -50,10 +50,13 @@ def adam(param: Tensor, grad: Tensor, lr: Tensor, buffers: dict, step: int, conf
 RULES = {"sgd": sgd, "momentum": momentum, "adam": adam}
 
 
+def per_example_sq_norm(tensors: Sequence[Tensor]) -> Tensor:
+    """``[B]`` squared global L2 norm over all tensors, per example (leading dim)."""
+    return torch.stack([t.reshape(t.shape[0], -1).pow(2).sum(1) for t in tensors]).sum(0)
+
+
 def per_example_norm(tensors: Sequence[Tensor]) -> Tensor:
-    """``[B]`` global L2 norm over all tensors, per example (leading dim)."""
-    squares = [t.reshape(t.shape[0], -1).pow(2).sum(1) for t in tensors]
-    return torch.stack(squares).sum(0).sqrt()
+    return per_example_sq_norm(tensors).sqrt()
 
 
 def clip_per_example(grads: list[Tensor], config: InnerConfig) -> list[Tensor]:
@@ -127,7 +130,7 @@ class InnerLoop(nn.Module):
                     outer_terms.append(per_example.mean())
                 if config.stability:
                     drift = [state[k] - initial[k] for k in keys]
-                    per_example = per_example + config.stability * per_example_norm(drift).pow(2)
+                    per_example = per_example + config.stability * per_example_sq_norm(drift)
                 grads = torch.autograd.grad(
                     per_example.sum(),
                     [state[k] for k in keys],
