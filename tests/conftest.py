@@ -40,3 +40,11 @@ def write(tmp_path):
         return path
 
     return write_file
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tiny tensors: one thread avoids oversubscription slowdowns on small shared CI machines."""
+    import torch
+
+    torch.set_num_threads(1)

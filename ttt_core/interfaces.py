@@ -128,27 +128,28 @@ class Recurrence(ABC):
 class Task(ABC):
     """Data, tokenizer, collation into episodes and metrics. Context: none.
 
-    Data is a deterministic function of (split, seed, index), so a run resumes at any position and
-    every rank draws its own shard.
+    Data is a deterministic function of (split, data seed, index), so a run resumes at any step
+    and every rank can draw its own shard. The data seed belongs to the task's config, so models
+    trained with different `train.seed` see the same held-out sets.
     """
 
     tokenizer: Tokenizer
 
     @abstractmethod
-    def train_batch(self, position: int, batch_size: int, seed: int) -> Episode:
-        """The training batch made of stream samples ``position .. position + batch_size - 1``."""
+    def train_batch(self, step: int, batch_size: int) -> Episode:
+        """Batch `step` of the endless training stream: samples ``step * B .. step * B + B - 1``."""
 
     @abstractmethod
-    def eval_batches(self, split: str, samples: int, batch_size: int, seed: int) -> Iterator[Episode]:
-        """A fixed held-out set (``split`` is "val" or "test"), disjoint from training data."""
+    def eval_batches(self, split: str, samples: int | None, batch_size: int) -> Iterator[Episode]:
+        """The first `samples` of a fixed held-out set (``split`` "val" or "test"), in order."""
 
     @abstractmethod
-    def metrics(self, logits: Tensor, episode: Episode) -> dict[str, Tensor]:
-        """Per-example metrics ``[B]`` from the answer logits; ``exact_match`` is the headline."""
+    def metrics(self, answer_logits: Tensor, episode: Episode) -> dict[str, Tensor]:
+        """Per-example metrics ``[B]`` from answer logits ``[B, Tt, V]``; ``exact_match`` is the headline."""
 
     @abstractmethod
-    def describe(self, episode: Episode, index: int) -> str:
-        """Decoded text of one example, for `ttt data`."""
+    def describe(self, split: str, index: int) -> str:
+        """Decoded text of one sample, for `ttt data`."""
 
 
 class OuterOptimizer(ABC):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import attrs
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -11,43 +10,13 @@ from ttt_core.episode import Episode, Segment
 from ttt_core.inner import InnerLoop
 from ttt_core.interfaces import State
 
-IGNORE = -100
-
-
 @attrs.frozen
 class ReadOutput:
-    """What a recurrence returns: logits over the answer input and inner-loop statistics."""
+    """What a recurrence returns: answer logits ``[B, Tt, V]`` (aligned with ``episode.target``,
+    see `ttt_core.episode.answer_logits_inputs`) and inner-loop statistics."""
 
     logits: Tensor
     stats: dict[str, Tensor] = attrs.field(factory=dict)
-
-
-def answer_input(episode: Episode) -> tuple[Tensor, Tensor, Tensor]:
-    """Teacher forcing: ids and mask of ``[query; target]`` packed per example, and labels.
-
-    ``labels[b, t]`` is the token that position ``t`` must predict (a target token) or -100, so
-    ``cross_entropy(logits, labels)`` is the answer loss. Packing (not padding between query and
-    target) keeps every answer right after its query when queries differ in length.
-    """
-    query, target = episode.query, episode.target
-    q_len, t_len = query.mask.sum(1), target.mask.sum(1)
-    total = int((q_len + t_len).max())
-    batch = query.ids.shape[0]
-    device = query.ids.device
-    positions = torch.arange(total, device=device).expand(batch, total)
-    in_target = (positions >= q_len[:, None]) & (positions < (q_len + t_len)[:, None])
-    ids = torch.zeros(batch, total, dtype=torch.long, device=device)
-    ids[:, : query.ids.shape[1]] = torch.where(query.mask, query.ids, 0)
-    target_index = (positions - q_len[:, None]).clamp(0, target.ids.shape[1] - 1)
-    ids = torch.where(in_target, target.ids.gather(1, target_index), ids)
-    mask = positions < (q_len + t_len)[:, None]
-    labels = torch.full_like(ids, IGNORE)
-    labels[:, :-1] = torch.where(in_target[:, 1:], ids[:, 1:], IGNORE)
-    return ids, mask, labels
-
-
-def answer_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
 
 
 def lm_loss_per_example(logits: Tensor, ids: Tensor, mask: Tensor) -> Tensor:

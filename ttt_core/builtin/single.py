@@ -5,9 +5,9 @@ from __future__ import annotations
 from torch import nn
 
 from ttt_core.builtin.configs import SingleConfig
-from ttt_core.episode import Episode
+from ttt_core.episode import Episode, answer_logits_inputs, gather_answer_logits
 from ttt_core.interfaces import Recurrence
-from ttt_core.model import MetaModel, ReadOutput, answer_input
+from ttt_core.model import MetaModel, ReadOutput
 
 
 class SingleSegment(nn.Module, Recurrence):
@@ -21,5 +21,6 @@ class SingleSegment(nn.Module, Recurrence):
         stats = {}
         for segment in segments:
             state, stats = model.adapt(state, segment)
-        ids, mask, _labels = answer_input(episode)
-        return ReadOutput(logits=model.read(state, ids, mask, context=segments[-1]), stats=stats)
+        ids, mask, positions = answer_logits_inputs(episode)
+        logits = model.read(state, ids, mask, context=segments[-1])
+        return ReadOutput(logits=gather_answer_logits(logits, positions), stats=stats)

@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from ttt_core.errors import TTTError
-from ttt_core.model import MetaModel, answer_input, answer_loss
+from ttt_core.episode import answer_loss
+from ttt_core.model import MetaModel
 from ttt_core.recipe import Recipe, dumps_toml
 from ttt_core.train.build import build
 from ttt_core.train.checkpoint import load_checkpoint, save_atomic
@@ -80,27 +81,26 @@ def _to_float(value: torch.Tensor | float) -> float | list[float]:
     return value
 
 
-def step_loss(model: MetaModel, episode) -> tuple[torch.Tensor, Any, torch.Tensor]:
+def step_loss(model: MetaModel, episode) -> tuple[torch.Tensor, Any]:
     """Outer loss of one batch (plus the inner loss if the recipe asks for it)."""
     out = model(episode)
-    _ids, _mask, labels = answer_input(episode)
-    loss = answer_loss(out.logits, labels)
+    loss = answer_loss(out.logits, episode.target)
     if "outer_term" in out.stats:
         loss = loss + model.inner.config.outer_weight * out.stats["outer_term"]
-    return loss, out, labels
+    return loss, out
 
 
-def evaluate(model: MetaModel, task, split: str, samples: int, batch_size: int, seed: int, device) -> dict[str, float]:
+def evaluate(model: MetaModel, task, split: str, samples: int, batch_size: int, device) -> dict[str, float]:
     """Mean loss and metrics over a fixed held-out set. The inner loop still needs autograd."""
     was_training = model.training
     model.eval()
     totals: dict[str, float] = {}
     count = 0
-    for episode in task.eval_batches(split, samples, batch_size, seed):
+    for episode in task.eval_batches(split, samples, batch_size):
         episode = episode.to(device)
-        loss, out, _labels = step_loss(model, episode)
+        loss, out = step_loss(model, episode)
         batch = episode.batch_size
-        totals["loss"] = totals.get("loss", 0.0) + float(loss) * batch
+        totals["loss"] = totals.get("loss", 0.0) + float(loss.detach()) * batch
         for name, values in task.metrics(out.logits.detach(), episode).items():
             totals[name] = totals.get(name, 0.0) + float(values.float().sum())
         count += batch
@@ -174,8 +174,8 @@ class Trainer:
     def train_step(self) -> dict[str, Any] | None:
         """One outer step; None if it was skipped for a non-finite loss."""
         train = self.recipe.train
-        episode = self.task.train_batch(self.step * train.batch_size, train.batch_size, train.seed).to(self.device)
-        loss, out, labels = step_loss(self.model, episode)
+        episode = self.task.train_batch(self.step, train.batch_size).to(self.device)
+        loss, out = step_loss(self.model, episode)
         inner = out.stats.get("inner_loss")
         finite = torch.isfinite(loss) and (inner is None or bool(torch.isfinite(inner).all()))
         if finite:
@@ -186,7 +186,7 @@ class Trainer:
             self.optimizer.optimizer.zero_grad(set_to_none=True)
             return None
         accuracy = self.task.metrics(out.logits.detach(), episode)["exact_match"].float().mean()
-        record = {"loss": float(loss), "exact_match": float(accuracy), **stats}
+        record = {"loss": float(loss.detach()), "exact_match": float(accuracy), **stats}
         record.update({k: _to_float(v) for k, v in out.stats.items() if k != "outer_term"})
         return record
 
@@ -237,9 +237,7 @@ class Trainer:
         return self.report()
 
     def evaluate(self, split: str, samples: int) -> dict[str, float]:
-        return evaluate(
-            self.model, self.task, split, samples, self.recipe.eval.batch_size, self.recipe.train.seed, self.device
-        )
+        return evaluate(self.model, self.task, split, samples, self.recipe.eval.batch_size, self.device)
 
     def report(self) -> dict[str, Any]:
         test = self.evaluate("test", self.recipe.eval.samples)

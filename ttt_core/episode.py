@@ -1,0 +1,95 @@
+"""What a task hands to a recurrence: token ids and masks for the context segments, query and target.
+
+Every tensor is right-padded (`mask` True = real token), so position 0 is always the first real token.
+Keeping the segments separately (and their concatenation as `context`) lets single-segment schemes
+read `context` while recurrent ones walk `segments`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@attrs.frozen(eq=False)
+class Segment:
+    """A right-padded batch of token sequences: ids `[B, T]` long, mask `[B, T]` bool."""
+
+    ids: Tensor
+    mask: Tensor
+
+    @classmethod
+    def from_lists(cls, seqs: Sequence[Sequence[int]], pad_id: int = 0) -> Segment:
+        width = max((len(s) for s in seqs), default=0)
+        ids = torch.tensor([list(s) + [pad_id] * (width - len(s)) for s in seqs], dtype=torch.long)
+        lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+        mask = torch.arange(width)[None, :] < lengths[:, None]
+        return cls(ids.view(len(seqs), width), mask)
+
+    @property
+    def lengths(self) -> Tensor:
+        """Real tokens per row, `[B]`."""
+        return self.mask.sum(-1)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Segment:
+        return Segment(self.ids.to(device, non_blocking=non_blocking), self.mask.to(device, non_blocking=non_blocking))
+
+
+@attrs.frozen(eq=False)
+class Episode:
+    """One batch: context segments (and their concatenation), the query, and the answer to predict."""
+
+    segments: tuple[Segment, ...]
+    context: Segment
+    query: Segment
+    target: Segment
+
+    @property
+    def batch_size(self) -> int:
+        return self.query.ids.shape[0]
+
+    @property
+    def num_segments(self) -> int:
+        return len(self.segments)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Episode:
+        move = lambda s: s.to(device, non_blocking)  # noqa: E731
+        return Episode(tuple(map(move, self.segments)), move(self.context), move(self.query), move(self.target))
+
+
+def answer_logits_inputs(episode: Episode) -> tuple[Tensor, Tensor, Tensor]:
+    """Teacher-forcing input `[query; target[:-1]]` per row: (ids `[B, W]`, mask, target_positions `[B, Tt]`).
+
+    `target_positions[b, j]` is the position whose logits predict `target.ids[b, j]` (clamped into
+    range where the target is padding). Add the prefix length when memory tokens are prepended.
+    """
+    query, target = episode.query, episode.target
+    b, tq = query.ids.shape
+    tt = target.ids.shape[1]
+    width = tq + max(tt - 1, 0)
+    q_len, t_len = query.lengths, target.lengths
+    ids = torch.full((b, width), 0, dtype=torch.long, device=query.ids.device)
+    ids[:, :tq] = torch.where(query.mask, query.ids, 0)
+    if tt > 1:
+        shift = q_len[:, None] + torch.arange(tt - 1, device=ids.device)
+        ids.scatter_(1, shift, torch.where(target.mask[:, 1:], target.ids[:, :-1], 0))
+    mask = torch.arange(width, device=ids.device)[None, :] < (q_len + t_len - 1).clamp(min=0)[:, None]
+    positions = (q_len[:, None] - 1 + torch.arange(tt, device=ids.device)).clamp(0, width - 1)
+    return ids, mask, positions
+
+
+def gather_answer_logits(logits: Tensor, target_positions: Tensor, offset: int = 0) -> Tensor:
+    """logits `[B, T, V]` -> the logits predicting each target token, `[B, Tt, V]`."""
+    index = (target_positions + offset)[..., None].expand(-1, -1, logits.shape[-1])
+    return logits.gather(1, index)
+
+
+def answer_loss(answer_logits: Tensor, target: Segment) -> Tensor:
+    """Mean cross-entropy of answer logits ``[B, Tt, V]`` over the real target tokens."""
+    losses = F.cross_entropy(answer_logits.flatten(0, 1).float(), target.ids.flatten(), reduction="none")
+    mask = target.mask.flatten().to(losses.dtype)
+    return (losses * mask).sum() / mask.sum().clamp(min=1)
