@@ -220,7 +220,10 @@ class Recipe:
         if self.requires:
             out["requires"] = list(self.requires)
         for slot, spec in self.components.items():
-            table = {"name": spec.name, **CONVERTER.unstructure(spec.config)}
+            options = CONVERTER.unstructure(spec.config)
+            if hasattr(spec.config, "written_options"):  # configs that derive fields from others
+                options = spec.config.written_options(options)
+            table = {"name": spec.name, **options}
             _set_path(out, slot.split("."), table)
         for name in TABLES:
             out[name] = CONVERTER.unstructure(getattr(self, name))

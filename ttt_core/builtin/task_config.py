@@ -105,6 +105,13 @@ class ARConfig:
                 f"segments some segment always holds {load} pairs of {self.pair_len} characters ({load * self.pair_len})"
             )
 
+    def written_options(self, options: dict) -> dict:
+        """Leave out fields implied by `dataset`, so that overriding the name alone stays consistent."""
+        if self.dataset is None:
+            return options
+        named = parse_dataset_name(self.dataset)
+        return {k: v for k, v in options.items() if k not in named or named[k] != v or k not in _FIELDS}
+
     @property
     def pair_len(self) -> int:
         """Characters of one written pair `!KEY:VAL!`."""
