@@ -136,7 +136,7 @@ class Trainer:
             from ttt_core.recipe import tomllib
 
             old = tomllib.loads(stored.read_text())
-            diff = recipe_differences(old, resolved)
+            diff = recipe_differences(old, tomllib.loads(dumps_toml(resolved)))  # same TOML types
             if diff:
                 raise TTTError(
                     f"{self.run_dir}: this run directory was made by another recipe (differs in: "
@@ -228,7 +228,8 @@ class Trainer:
                 self.metrics.write({"step": self.step, "split": "train", "time": self.elapsed, **record})
             if self.step % train.eval_every == 0 or self.step == train.steps:
                 result = self.evaluate("val", self.recipe.eval.val_samples)
-                bar.write(f"step {self.step}: val loss {result['loss']:.4f} exact match {result['exact_match']:.4f}")
+                if not self.quiet:
+                    bar.write(f"step {self.step}: val loss {result['loss']:.4f} exact match {result['exact_match']:.4f}")
                 self.metrics.write({"step": self.step, "split": "val", "time": self.elapsed, **result})
             if self.step % train.checkpoint_every == 0 or self.step == train.steps:
                 if self.is_main:
