@@ -102,3 +102,16 @@ def test_cli_eval_and_plot(tmp_path, capsys):
     png = tmp_path / "curves.png"
     assert main(["plot", str(tmp_path / "run"), "--out", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_init_from_starts_a_new_run_from_old_weights(tmp_path):
+    train(tmp_path / "stage1", "train.steps=2")
+    recipe = load_recipe(TINY, ["train.steps=1", f"train.init_from='{tmp_path / 'stage1'}'"])
+    trainer = Trainer(recipe, tmp_path / "stage2", quiet=True)
+    trainer.prepare_run_dir()
+    assert trainer.resume() is False and trainer.step == 0
+    old = load_checkpoint(tmp_path / "stage1" / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(v, trainer.model.state_dict()[k]) for k, v in old.items())
+    bad = load_recipe(TINY, ["backbone.layers=1", f"train.init_from='{tmp_path / 'stage1'}'"])
+    with pytest.raises(TTTError, match="init_from does not fit this recipe's model"):
+        Trainer(bad, tmp_path / "stage3", quiet=True).resume()

@@ -59,6 +59,8 @@ class TrainConfig:
     device: str = attrs.field(default="auto", validator=one_of("auto", "cpu", "cuda"))
     threads: int | None = attrs.field(default=None, validator=positive)
     """CPU threads for torch (None: torch's default)."""
+    init_from: str | None = None
+    """A checkpoint (file or run directory) whose model weights start this run: curriculum stages."""
 
 
 @attrs.define

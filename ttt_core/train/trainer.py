@@ -158,8 +158,21 @@ class Trainer:
         }
         save_atomic(state, self.checkpoint_path)
 
+    def initialise_from(self, source: str) -> None:
+        """Start from another run's weights (a new run: optimizer state and step start afresh)."""
+        path = Path(source)
+        if path.is_dir():
+            path = path / "checkpoints" / "last.pt"
+        state = load_checkpoint(path)
+        try:
+            self.model.load_state_dict(state["model"])
+        except (RuntimeError, KeyError) as exc:
+            raise TTTError(f"{path}: [train] init_from does not fit this recipe's model: {str(exc).splitlines()[0]}") from None
+
     def resume(self) -> bool:
         if not self.checkpoint_path.exists():
+            if self.recipe.train.init_from:
+                self.initialise_from(self.recipe.train.init_from)
             return False
         state = load_checkpoint(self.checkpoint_path)
         self.model.load_state_dict(state["model"])
