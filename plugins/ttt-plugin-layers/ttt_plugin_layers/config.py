@@ -43,8 +43,14 @@ class TTTLayerConfig:
     mlp_expansion: int = attrs.field(default=4, validator=_positive)
     init_std: float = 0.02
     kernel: str = attrs.field(default="auto", validator=v.in_(KERNELS))
+    # Long inputs run through the layer `chunk_size` tokens at a time, the state carried between
+    # chunks (exactly the same result): temporaries stay small enough for the allocator to reuse
+    # and for the caches, which keeps the time linear in length on CPU. 0 = one pass.
+    chunk_size: int = 2048
 
     def __attrs_post_init__(self) -> None:
+        if self.chunk_size % self.mini_batch_size:
+            raise ValueError(f"chunk_size {self.chunk_size} must be a multiple of mini_batch_size {self.mini_batch_size}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         if self.head_dim % 2:
@@ -87,6 +93,7 @@ class TTTModelConfig:
     tie_embeddings: bool = True
     init_std: float = 0.02
     kernel: str = attrs.field(default="auto", validator=v.in_(KERNELS))
+    chunk_size: int = 2048
 
     def layer_config(self) -> TTTLayerConfig:
         """The config of every TTT layer of the model."""
@@ -94,3 +101,63 @@ class TTTModelConfig:
 
     def __attrs_post_init__(self) -> None:
         self.layer_config()  # validates head sizes early, with the layer's message
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipe-facing configs of the registered components (names follow the core's llama backbone,
+# so that a TTT LM and a transformer of equal size are written alike).
+
+VARIANTS = ("transformer", "mamba")
+
+
+@attrs.frozen(kw_only=True)
+class TTTLMConfig:
+    """Backbone `ttt_lm`: the paper's LM, blocks of TTT layer + SwiGLU; vocabulary from the task.
+
+    `variant = "mamba"` adds the shared q/k projection with causal convs, the output gate and the
+    pre-conv sub-block; `"transformer"` is the plain pre-norm block.
+    """
+
+    layers: int = attrs.field(default=4, validator=_positive)
+    dim: int = attrs.field(default=128, validator=_positive)
+    heads: int = attrs.field(default=4, validator=_positive)
+    mlp_ratio: float = attrs.field(default=4.0, validator=_positive)
+    inner: str = attrs.field(default="linear", validator=v.in_(INNER_KINDS))
+    variant: str = attrs.field(default="transformer", validator=v.in_(VARIANTS))
+    mini_batch_size: int = attrs.field(default=16, validator=_positive)
+    base_lr: float = attrs.field(default=1.0, validator=_positive)
+    rope_theta: float = attrs.field(default=10000.0, validator=_positive)
+    norm_eps: float = 1e-6
+    tie_embeddings: bool = False
+    init_std: float = 0.02
+    kernel: str = attrs.field(default="auto", validator=v.in_(KERNELS))
+
+    def __attrs_post_init__(self) -> None:
+        self.model_config(1)  # validates head sizes
+
+    def model_config(self, vocab_size: int) -> TTTModelConfig:
+        mamba = self.variant == "mamba"
+        return TTTModelConfig(
+            vocab_size=vocab_size, hidden_size=self.dim, intermediate_size=max(1, int(self.mlp_ratio * self.dim)),
+            num_layers=self.layers, num_heads=self.heads, inner=self.inner, mini_batch_size=self.mini_batch_size,
+            base_lr=self.base_lr, share_qk=mamba, use_gate=mamba, pre_conv=mamba, rope_theta=self.rope_theta,
+            rms_norm_eps=self.norm_eps, tie_embeddings=self.tie_embeddings, init_std=self.init_std,
+            kernel=self.kernel,
+        )
+
+
+@attrs.frozen(kw_only=True)
+class TTTMemoryConfig:
+    """Inner learners `ttt_linear` / `ttt_mlp`: a TTT layer's inner model as the memory.
+
+    The fast weights (per head) are written by the core's inner loop on the context (loss: the TTT
+    reconstruction loss of `v - k` from `k` through a per-head LayerNorm, weighted per token by the
+    learned lr gate) and read by the query tokens (`q + LN(f(q))`), whose readout is added to their
+    embeddings before the backbone.
+    """
+
+    heads: int = attrs.field(default=4, validator=_positive)
+    base_lr: float = attrs.field(default=1.0, validator=_positive)
+    mlp_expansion: int = attrs.field(default=4, validator=_positive)
+    ttt_norm_eps: float = 1e-6
+    init_std: float = 0.02

@@ -21,20 +21,26 @@ _GELU_C3 = 0.1070322243
 
 def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
     """LayerNorm over the last dim with per-head affine parameters broadcast by the caller."""
-    mu = x.mean(-1, keepdim=True)
-    var = x.var(-1, keepdim=True, unbiased=False)
-    return weight * (x - mu) / torch.sqrt(var + eps) + bias
+    xc = x - x.mean(-1, keepdim=True)
+    return weight * xc * torch.rsqrt((xc * xc).mean(-1, keepdim=True) + eps) + bias
 
 
 def layer_norm_l2_grad(x: Tensor, target: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
     """d/dx of 0.5*||LN(x) - target||^2 per row: the inner loss gradient w.r.t. the inner output."""
-    d = x.shape[-1]
-    mu = x.mean(-1, keepdim=True)
-    var = x.var(-1, keepdim=True, unbiased=False)
-    std = torch.sqrt(var + eps)
-    x_hat = (x - mu) / std
-    g_hat = (weight * x_hat + bias - target) * weight
-    return (d * g_hat - g_hat.sum(-1, keepdim=True) - x_hat * (g_hat * x_hat).sum(-1, keepdim=True)) / (d * std)
+    return layer_norm_l2_grad_pre(x, weight * (target - bias), weight * weight, eps)
+
+
+def layer_norm_l2_grad_pre(x: Tensor, wt: Tensor, w2: Tensor, eps: float) -> Tensor:
+    """`layer_norm_l2_grad` with `wt = weight*(target - bias)`, `w2 = weight^2` precomputed.
+
+    The inner loop calls this once per mini-batch, so what does not depend on the fast weights is
+    hoisted out by the caller (for all mini-batches at once) and the rest is kept to few ops.
+    """
+    xc = x - x.mean(-1, keepdim=True)
+    rstd = torch.rsqrt((xc * xc).mean(-1, keepdim=True) + eps)
+    x_hat = xc * rstd
+    g_hat = w2 * x_hat - wt  # (weight * x_hat + bias - target) * weight
+    return (g_hat - g_hat.mean(-1, keepdim=True) - x_hat * (g_hat * x_hat).mean(-1, keepdim=True)) * rstd
 
 
 def gelu(x: Tensor) -> Tensor:

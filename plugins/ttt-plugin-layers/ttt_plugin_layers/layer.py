@@ -122,14 +122,27 @@ class TTTLayer(nn.Module):
         returned state is each example's state after its last real token.
         """
         c = self.config
-        B, n, C = x.shape
-        H, f = c.num_heads, c.head_dim
         if state is None:
-            state = self.init_state(B)
+            state = self.init_state(x.shape[0])
         lengths = None
         if mask is not None:
             mask = mask.to(torch.bool)
             lengths = None if bool(mask.all()) else lengths_from_mask(mask)
+        if lengths is None and 0 < c.chunk_size < x.shape[1]:
+            outs = []
+            for part in x.split(c.chunk_size, dim=1):  # split, not slicing: one gradient buffer
+                out, state = self._forward(part, state, None, None)
+                outs.append(out)
+            out = torch.cat(outs, dim=1)
+        else:
+            out, state = self._forward(x, state, mask, lengths)
+        return (out, state) if return_state else out
+
+    def _forward(self, x: Tensor, state: LayerState, mask: Tensor | None,
+                 lengths: Tensor | None) -> tuple[Tensor, LayerState]:
+        c = self.config
+        B, n, C = x.shape
+        H, f = c.num_heads, c.head_dim
         keep = None if lengths is None else mask[..., None].to(x.dtype)
 
         q = self.q_proj(x)
@@ -161,10 +174,7 @@ class TTTLayer(nn.Module):
         out = self.post_norm(out.transpose(1, 2).reshape(B, n, C))
         if c.use_gate:
             out = gelu(self.g_proj(x)) * out
-        out = self.o_proj(out)
-        if return_state:
-            return out, LayerState(fast, new_conv)
-        return out
+        return self.o_proj(out), LayerState(fast, new_conv)
 
     def _inner(self, fast: FastWeights, q: Tensor, k: Tensor, t: Tensor, lr: Tensor, te_table: Tensor,
                norm: tuple, lengths: Tensor | None) -> tuple[Tensor, FastWeights]:
