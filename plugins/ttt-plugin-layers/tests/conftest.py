@@ -1,9 +1,17 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
-import torch
+
+# The tests use tiny tensors, where intra-op threads only add synchronisation; on a machine whose
+# cores are shared with other jobs they make the suite several times slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 DATA = Path(__file__).parent / "data"
 LAYER_FILES = sorted(DATA.glob("ttt_*.pt"))

@@ -9,6 +9,7 @@ Block(h) = [h + PreConv(h)]  (mamba variant only)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -105,6 +106,15 @@ class TTTCache:
                          for b in self.blocks])
 
 
+class Trunk(NamedTuple):
+    """What the blocks produce: final-normed hidden states, the new cache, and (on request) the
+    input of block 0 followed by every block's output, before the final norm."""
+
+    hidden: Tensor
+    cache: TTTCache
+    hidden_states: tuple[Tensor, ...] | None = None
+
+
 def pack_left(mask: Tensor) -> tuple[Tensor, Tensor]:
     """A per-row stable order that moves the real tokens of `mask [B, n]` first, and their counts.
 
@@ -148,26 +158,30 @@ class TTTModel(nn.Module):
         front of each row, so their logits equal those of the unpadded sequence; padded positions
         get zero logits and do not touch the cache.
         """
-        h, cache = self.forward_embeddings(self.embed(input_ids), cache, attention_mask)
+        h, cache, _ = self.forward_embeddings(self.embed(input_ids), cache, attention_mask)
         logits = self.lm_head(h)
         if attention_mask is not None:
             logits = logits * attention_mask[..., None].to(logits.dtype)
         return (logits, cache) if return_cache else logits
 
-    def forward_embeddings(self, h: Tensor, cache: TTTCache | None = None,
-                           attention_mask: Tensor | None = None) -> tuple[Tensor, TTTCache]:
-        """The backbone on embeddings `[B, n, hidden]`: final-normed hidden states and the new cache."""
+    def forward_embeddings(self, h: Tensor, cache: TTTCache | None = None, attention_mask: Tensor | None = None,
+                           return_hidden: bool = False) -> Trunk:
+        """The blocks and final norm on embeddings `[B, n, hidden]` (prefixes such as memory tokens
+        are simply concatenated by the caller). Padding as in `forward`."""
         order = lengths = mask = None
         if attention_mask is not None and not bool(attention_mask.all()):
             order, lengths = pack_left(attention_mask.to(torch.bool))
             h = h.gather(1, order[..., None].expand_as(h))
             mask = torch.arange(h.shape[1], device=h.device) < lengths[:, None]
+
+        def unpack(x: Tensor) -> Tensor:
+            return x if order is None else torch.empty_like(x).scatter(1, order[..., None].expand_as(x), x)
+
         states = [None] * len(self.blocks) if cache is None else cache.blocks
-        new_states = []
+        new_states, hidden = [], [h]
         for block, state in zip(self.blocks, states):
             h, state = block(h, state, mask, lengths)
             new_states.append(state)
-        h = self.norm(h)
-        if order is not None:
-            h = torch.empty_like(h).scatter(1, order[..., None].expand_as(h), h)
-        return h, TTTCache(new_states)
+            hidden.append(h)
+        hidden_states = tuple(unpack(x) for x in hidden) if return_hidden else None
+        return Trunk(unpack(self.norm(h)), TTTCache(new_states), hidden_states)
