@@ -75,3 +75,37 @@ def test_masked_tokens_do_not_write_to_the_fast_weights() -> None:
         assert (state.fast.params[name][0] - p[0]).abs().max() <= 1e-12
         assert (state.fast.grads[name][0] - state0.fast.grads[name][0]).abs().max() <= 1e-12
     assert (state.conv[0] - state0.conv[0]).abs().max() <= 1e-12
+
+
+def test_padding_token_in_decoding_is_a_no_op() -> None:
+    torch.manual_seed(0)
+    layer = TTTLayer(TTTLayerConfig(hidden_size=32, num_heads=2, mini_batch_size=8, share_qk=True)).double()
+    x = torch.randn(2, 12, 32, dtype=torch.float64)
+    _, state = layer(x[:, :7], return_state=True)  # position 7 = last of the mini-batch: a fold is due
+    _, skipped = layer(x[:, 7:8], state, mask=torch.tensor([[False], [True]]), return_state=True)
+    _, stepped = layer(x[:, 7:8], state, return_state=True)
+    assert int(skipped.fast.pos[0]) == 7 and int(skipped.fast.pos[1]) == 0
+    for name in state.fast.params:
+        assert torch.equal(skipped.fast.params[name][0], state.fast.params[name][0])
+        assert torch.equal(skipped.fast.grads[name][0], state.fast.grads[name][0])
+        assert (skipped.fast.params[name][1] - stepped.fast.params[name][1]).abs().max() <= 1e-12
+    assert torch.equal(skipped.conv[0], state.conv[0])
+
+
+def test_effective_weights_are_what_the_last_token_read_with() -> None:
+    torch.manual_seed(0)
+    layer = TTTLayer(TTTLayerConfig(hidden_size=32, num_heads=2, mini_batch_size=8)).double()
+    x = torch.randn(2, 13, 32, dtype=torch.float64)
+    captured = {}
+    original = layer._inner
+
+    def spy(fast, q, *args):  # record the queries and pre-LayerNorm readouts of the inner model
+        Z, new = original(fast, q, *args)
+        captured.update(q=q, Z=Z)
+        return Z, new
+
+    layer._inner = spy
+    _, state = layer(x, return_state=True)
+    eff = state.fast.effective(layer.token_eta_table())
+    q_last = captured["q"][:, :, -1:]
+    assert (q_last @ eff["W1"] + eff["b1"] - captured["Z"][:, :, -1:]).abs().max() <= 1e-12

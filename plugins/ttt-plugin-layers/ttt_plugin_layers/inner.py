@@ -226,8 +226,11 @@ def dual_form(inner: type, state: FastWeights, Q: Tensor, K: Tensor, T: Tensor, 
 
 
 def primal_step(inner: type, state: FastWeights, Q: Tensor, K: Tensor, T: Tensor, lr: Tensor,
-                te_table: Tensor, norm: Norm) -> tuple[Tensor, FastWeights]:
-    """One token (`[B, H, 1, f]`) per example, each example at its own position `state.pos`."""
+                te_table: Tensor, norm: Norm, lengths: Tensor | None = None) -> tuple[Tensor, FastWeights]:
+    """One token (`[B, H, 1, f]`) per example, each example at its own position `state.pos`.
+
+    `lengths` (`[B]`, 0 or 1) marks padding tokens (lr already zero), which leave the state as is.
+    """
     k = te_table.shape[0]
     ln_w, ln_b, eps = norm
     te = te_table[state.pos].view(-1, 1, 1)  # [B, 1, n=1]
@@ -237,9 +240,10 @@ def primal_step(inner: type, state: FastWeights, Q: Tensor, K: Tensor, T: Tensor
     sums, aux = inner.update(state.params, K, KT, ln_w * (T - ln_b), lr, ln_w * ln_w, eps)
     Z = inner.readout(state.params, state.grads, Q, te, eta, A, aux)
     sums = _add(sums, state.grads)
-    ends = state.pos == k - 1
+    advance = torch.ones_like(state.pos) if lengths is None else lengths.to(state.pos.dtype)
+    ends = (state.pos == k - 1) & (advance > 0)
     scale = te.view(-1, 1, 1, 1)
     folded = {name: p - scale * sums[name] for name, p in state.params.items()}
     zeros = {name: torch.zeros_like(t) for name, t in sums.items()}
-    new = FastWeights(_select(ends, folded, state.params), _select(ends, zeros, sums), (state.pos + 1) % k)
+    new = FastWeights(_select(ends, folded, state.params), _select(ends, zeros, sums), (state.pos + advance) % k)
     return Z, new

@@ -180,7 +180,7 @@ class TTTLayer(nn.Module):
                norm: tuple, lengths: Tensor | None) -> tuple[Tensor, FastWeights]:
         n = q.shape[2]
         if n == 1:
-            return primal_step(self.inner, fast, q, k, t, lr, te_table, norm)
+            return primal_step(self.inner, fast, q, k, t, lr, te_table, norm, lengths)
         if not bool((fast.pos == fast.pos[0]).all()):
             return self._inner_by_position(fast, q, k, t, lr, te_table, norm, lengths)
         if self._use_triton(q, lengths):

@@ -77,6 +77,9 @@ if triton is not None:
         seq = pid * n_mb * KB
         gw = tl.zeros((F_, F_), dtype=W.dtype)
         gb = tl.zeros((F_,), dtype=W.dtype)
+        if HAS_ACC:  # the state was saved in the middle of a mini-batch: what it had seen so far
+            aw = tl.load(AW0 + pid * F_ * F_ + mat)
+            ab = tl.load(AB0 + pid * F_ + rf)
         for m in range(0, n_mb):
             off = (seq + m * KB) * F_
             q = tl.load(Q + off + tile)
@@ -84,10 +87,8 @@ if triton is not None:
             t = tl.load(T + off + tile)
             lr = tl.load(LR + seq + m * KB + rk)
             z, gw, gb = _minibatch(q, k, t, lr, te, W, b, lnw, lnb, eps, F_, KB, PREC)
-            if HAS_ACC:  # the state was saved in the middle of a mini-batch: add what it had seen
+            if HAS_ACC:  # enters mini-batch 0 only
                 first = m == 0
-                aw = tl.load(AW0 + pid * F_ * F_ + mat)
-                ab = tl.load(AB0 + pid * F_ + rf)
                 acc_z = te[:, None] * (tl.dot(q, aw, input_precision=PREC) + ab[None, :])
                 z = tl.where(first, z - acc_z, z)
                 gw = tl.where(first, gw + aw, gw)
