@@ -184,9 +184,9 @@ class TTTLayer(nn.Module):
         if not bool((fast.pos == fast.pos[0]).all()):
             return self._inner_by_position(fast, q, k, t, lr, te_table, norm, lengths)
         if self._use_triton(q, lengths):
-            from ttt_plugin_layers.triton_kernels import ttt_linear_dual_triton
+            from ttt_plugin_layers.triton_kernels import ttt_dual_triton
 
-            return ttt_linear_dual_triton(fast, q, k, t, lr, te_table, norm)
+            return ttt_dual_triton(self.config.inner, fast, q, k, t, lr, te_table, norm)
         return dual_form(self.inner, fast, q, k, t, lr, te_table, norm, lengths)
 
     def _inner_by_position(self, fast: FastWeights, q: Tensor, k: Tensor, t: Tensor, lr: Tensor,
@@ -210,14 +210,17 @@ class TTTLayer(nn.Module):
         return Z, FastWeights(params, grads, pos)
 
     def _use_triton(self, q: Tensor, lengths: Tensor | None) -> bool:
-        """Triton runs the TTT-Linear dual form when asked, or on CUDA when no gradient is needed."""
+        """Triton runs the dual form when asked, or on CUDA when no gradient is needed (TTT-MLP: only
+        for head_dim <= 32, whose fast weights fit in registers)."""
         kernel = self.config.kernel
-        if kernel == "torch" or self.config.inner != "linear" or lengths is not None:
+        if kernel == "torch" or lengths is not None:
             return False
         if kernel == "triton":
             return True
+        c = self.config
         needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
-        if not q.is_cuda or needs_grad:
+        pow2 = all(d & (d - 1) == 0 for d in (c.head_dim, c.mini_batch_size, c.mlp_expansion))
+        if not q.is_cuda or needs_grad or not pow2 or (c.inner == "mlp" and c.head_dim > 32):
             return False
         from ttt_plugin_layers.triton_kernels import triton_available
 
