@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 import torch
 
@@ -71,3 +72,19 @@ def test_layer_state_carries_gradients(inner: str, mamba: bool) -> None:
     assert (chunked - full).abs().max() <= 1e-12
     g_chunk = torch.autograd.grad(chunked.square().sum(), list(layer.parameters()))
     assert max((a - b).abs().max().item() for a, b in zip(g_full, g_chunk)) <= 1e-10
+
+
+@pytest.mark.parametrize("inner", ["linear", "mlp"])
+def test_chunked_evaluation_of_long_inputs_is_exact(inner: str) -> None:
+    """`chunk_size` (how long inputs are cut inside the layer) changes nothing, gradients included."""
+    torch.manual_seed(0)
+    cfg = TTTLayerConfig(hidden_size=32, num_heads=2, mini_batch_size=8, inner=inner, share_qk=True, use_gate=True,
+                         chunk_size=0)
+    one_pass = TTTLayer(cfg).double()
+    chunked = TTTLayer(attrs.evolve(cfg, chunk_size=16)).double()
+    chunked.load_state_dict(one_pass.state_dict())
+    x = torch.randn(2, 53, 32, dtype=torch.float64, requires_grad=True)
+    outs = [layer(x) for layer in (one_pass, chunked)]
+    assert (outs[0] - outs[1]).abs().max() <= 1e-12
+    grads = [torch.autograd.grad(o.square().sum(), [x, *layer.parameters()]) for o, layer in zip(outs, (one_pass, chunked))]
+    assert max((a - b).abs().max().item() for a, b in zip(*grads)) <= 1e-10
