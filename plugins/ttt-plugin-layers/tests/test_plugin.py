@@ -1,0 +1,72 @@
+"""Registration with ttt-core and the registered components (skipped without ttt-core)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("ttt_core")
+
+import torch  # noqa: E402
+from ttt_core.episode import Segment  # noqa: E402
+from ttt_core.plugins import create_host  # noqa: E402
+
+from ttt_plugin_layers import plugin  # noqa: E402
+from ttt_plugin_layers.config import TTTLMConfig, TTTMemoryConfig  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return create_host(extra_plugins=(("layers", plugin),)).registry
+
+
+def test_plugin_module_imports_no_torch() -> None:
+    code = "import sys, ttt_plugin_layers.plugin; print(sorted(m for m in ('torch', 'triton') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_components_are_registered(registry) -> None:
+    assert registry["backbone"].get("ttt_lm").config is TTTLMConfig
+    assert registry["backbone"].get("ttt_model").name == "ttt_lm"
+    for name in ("ttt_linear", "ttt_mlp"):
+        assert registry["inner_learner"].get(name).config is TTTMemoryConfig
+
+
+@pytest.mark.parametrize("variant", ["transformer", "mamba"])
+def test_ttt_lm_backbone(registry, variant: str) -> None:
+    torch.manual_seed(0)
+    config = TTTLMConfig(layers=2, dim=32, heads=2, inner="mlp", variant=variant, mini_batch_size=8)
+    backbone = registry["backbone"].get("ttt_lm").build(config, vocab_size=40)
+    assert (backbone.dim, backbone.n_layers, backbone.vocab_size, len(backbone.layers)) == (32, 2, 40, 2)
+    ids = torch.randint(0, 40, (2, 21))
+    mask = torch.ones(2, 21, dtype=torch.bool)
+    mask[1, 15:] = False
+    out = backbone(backbone.embed(ids), mask, return_hidden=True)
+    assert out.logits.shape == (2, 21, 40) and len(out.hidden_states) == 3
+    alone = backbone(backbone.embed(ids[1:, :15])).logits
+    assert (out.logits[1, :15] - alone[0]).abs().max() <= 1e-5
+    assert torch.allclose(backbone.head(out.hidden_states[-1])[mask], out.logits[mask], atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["ttt_linear", "ttt_mlp"])
+def test_ttt_memory_learner_writes_and_reads(registry, name: str) -> None:
+    torch.manual_seed(0)
+    backbone = registry["backbone"].get("llama").build(registry["backbone"].get("llama").config(layers=1, dim=32, heads=2), vocab_size=30)
+    writer = registry["memory_writer"].get("identity").build(registry["memory_writer"].get("identity").config(), dim=32)
+    learner = registry["inner_learner"].get(name).build(TTTMemoryConfig(heads=2), backbone=backbone, writer=writer)
+    state = learner.init_state(3)
+    context = Segment.from_lists([[1, 2, 3, 4], [5, 6], [7, 8, 9]])
+    loss = learner.inner_loss(state, context)
+    assert loss.shape == (3,)
+    grads = torch.autograd.grad(loss.sum(), list(state.values()), create_graph=True)
+    # a small step goes downhill (the LayerNorm of the tiny initial f(k) makes the loss stiff)
+    adapted = {n: s - 1e-4 * g for (n, s), g in zip(state.items(), grads)}
+    assert learner.inner_loss(adapted, context).mean() < loss.mean()
+    query = Segment.from_lists([[1, 2], [3, 4], [5, 6]])
+    logits = learner(adapted, query.ids, query.mask)
+    assert logits.shape == (3, 2, 30)
+    logits.sum().backward()  # second order: reaches the initial fast weights through the update
+    assert learner.W1.grad is not None and learner.W1.grad.abs().sum() > 0
