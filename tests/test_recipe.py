@@ -82,7 +82,9 @@ def test_unknown_option_did_you_mean(write):
 
 def test_unknown_component_lists_available(write):
     path = write("x.toml", BASE + '[recurrence]\nname = "prmt5"\n')
-    assert problems(path) == [f"{path}: [recurrence] unknown recurrence 'prmt5'; available: single"]
+    (line,) = problems(path)
+    assert line.startswith(f"{path}: [recurrence] unknown recurrence 'prmt5'; available: ")
+    assert "single" in line.split("available: ")[1]
 
 
 def test_unknown_component_from_first_party_plugin(write):
@@ -137,7 +139,8 @@ def test_unknown_table_and_missing_slot(write):
 
 def test_slot_without_name(write):
     path = write("x.toml", BASE.replace('name = "llama"', "dim = 64"))
-    assert problems(path) == [f"{path}: [backbone] missing 'name' of the backbone; available: llama"]
+    (line,) = problems(path)  # plugins installed beside the core may add more names
+    assert line.startswith(f"{path}: [backbone] missing 'name' of the backbone; available: llama")
     path = write("y.toml", BASE + "[optimizer]\nlr = 0.1\n")  # a slot with a default keeps its name
     assert load_recipe(path)["optimizer"].config.lr == 0.1
 

@@ -8,10 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DATA, LAYER_FILES, MODEL_FILES
 
 from ttt_plugin_layers.check_reference import TOLERANCE, check_file, main
 from ttt_plugin_layers.convert import from_reference_state_dict, to_reference_state_dict
+
+DATA = Path(__file__).parent / "data"
+LAYER_FILES = sorted(DATA.glob("ttt_*.pt"))
+MODEL_FILES = sorted(DATA.glob("model_*.pt"))
 
 
 def test_all_twelve_fixtures_present() -> None:
