@@ -115,3 +115,14 @@ def test_init_from_starts_a_new_run_from_old_weights(tmp_path):
     bad = load_recipe(TINY, ["backbone.layers=1", f"train.init_from='{tmp_path / 'stage1'}'"])
     with pytest.raises(TTTError, match="init_from does not fit this recipe's model"):
         Trainer(bad, tmp_path / "stage3", quiet=True).resume()
+
+
+def test_non_finite_gradients_never_reach_the_parameters(tmp_path):
+    recipe = load_recipe(TINY)
+    trainer = Trainer(recipe, tmp_path / "run", quiet=True)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    for p in trainer.model.parameters():
+        p.grad = torch.full_like(p, float("nan"))
+    stats = trainer.optimizer.step(0)
+    assert stats["grad_norm"] != stats["grad_norm"]  # NaN reported
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())

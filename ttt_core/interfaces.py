@@ -163,7 +163,10 @@ class OuterOptimizer(ABC):
 
     @abstractmethod
     def step(self, step: int) -> dict[str, float]:
-        """Clip, step the optimizer and the schedule; return stats (lr, grad_norm)."""
+        """Clip, step the optimizer and the schedule; return stats (lr, grad_norm).
+
+        A non-finite gradient norm must leave the parameters untouched (the trainer then counts
+        the step as skipped)."""
 
     @abstractmethod
     def state_dict(self) -> dict[str, Any]: ...

@@ -43,6 +43,9 @@ class AdamW(OuterOptimizer):
     def step(self, step: int) -> dict[str, float]:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.clip_norm or float("inf"))
         factor = schedule_factor(step, self.config, self.total_steps)
+        if not torch.isfinite(grad_norm):  # never step on NaN/inf: the trainer skips this batch
+            self.optimizer.zero_grad(set_to_none=True)
+            return {"lr": self.base_lrs[0] * factor, "grad_norm": float(grad_norm)}
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base * factor
         self.optimizer.step()
