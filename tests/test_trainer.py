@@ -115,3 +115,18 @@ def test_init_from_starts_a_new_run_from_old_weights(tmp_path):
     bad = load_recipe(TINY, ["backbone.layers=1", f"train.init_from='{tmp_path / 'stage1'}'"])
     with pytest.raises(TTTError, match="init_from does not fit this recipe's model"):
         Trainer(bad, tmp_path / "stage3", quiet=True).resume()
+
+
+def test_resume_a_checkpoint_with_a_0d_inner_lr(tmp_path):
+    """Runs saved before the single inner learning rate became shape (1,) still resume."""
+    train(tmp_path / "run", "train.steps=2")
+    path = tmp_path / "run" / "checkpoints" / "last.pt"
+    state = load_checkpoint(path)
+    state["model"]["inner.log_lr"] = state["model"]["inner.log_lr"].reshape(())
+    for param_state in state["optimizer"]["state"].values():
+        for key in ("exp_avg", "exp_avg_sq"):
+            if param_state[key].shape == (1,):
+                param_state[key] = param_state[key].reshape(())
+    save_atomic(state, path)
+    train(tmp_path / "run", "train.steps=3")
+    assert [r["step"] for r in losses(tmp_path / "run")][-1] == 3

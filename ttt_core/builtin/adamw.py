@@ -54,3 +54,9 @@ class AdamW(OuterOptimizer):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state)
+        # moments saved for a parameter that has since changed shape but not size (the inner loop's
+        # single learning rate went from 0-dim to (1,)) take the parameter's shape
+        for param, param_state in self.optimizer.state.items():
+            for key, value in param_state.items():
+                if key != "step" and torch.is_tensor(value) and value.shape != param.shape and value.numel() == param.numel():
+                    param_state[key] = value.reshape(param.shape)
