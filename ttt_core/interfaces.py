@@ -165,6 +165,15 @@ class OuterOptimizer(ABC):
     def step(self, step: int) -> dict[str, float]:
         """Clip, step the optimizer and the schedule; return stats (lr, grad_norm)."""
 
+    def lr_scheduler(self) -> Any:
+        """A torch LR scheduler over ``optimizer`` giving the learning rates that ``step(n)`` uses, advanced
+        once per optimizer step; None keeps the rates constant.
+
+        Under DeepSpeed the engine steps ``optimizer`` and this scheduler itself (``step`` is not called)
+        and clips gradients at the config's ``clip_norm`` option, if the config has one.
+        """
+        return None
+
     @abstractmethod
     def state_dict(self) -> dict[str, Any]: ...
 

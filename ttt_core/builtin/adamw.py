@@ -49,6 +49,11 @@ class AdamW(OuterOptimizer):
         self.optimizer.zero_grad(set_to_none=True)
         return {"lr": self.base_lrs[0] * factor, "grad_norm": float(grad_norm)}
 
+    def lr_scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
+        return torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: schedule_factor(step, self.config, self.total_steps)
+        )
+
     def state_dict(self) -> dict[str, Any]:
         return self.optimizer.state_dict()
 
