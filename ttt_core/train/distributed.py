@@ -3,7 +3,7 @@
 `ttt run --nproc N RECIPE` (`launch`) checks what can be checked without processes (the DeepSpeed
 config for N ranks, also through DeepSpeed's own parser; the run directory; a checkpoint's world size),
 then starts N ranks on this node through `torch.distributed.run` (standalone, no restarts). Each rank
-runs `python -m ttt_core.train.distributed RECIPE --out RUN_DIR` (`worker_main`); several nodes start
+runs `python -m ttt_core.train.worker RECIPE --out RUN_DIR` (`worker_main`); several nodes start
 that same module with the `deepspeed` launcher or `torchrun` (README).
 
 One optimizer step reads the global batch of `[train] batch_size` samples that one process would
@@ -47,7 +47,7 @@ from ttt_core.train.checkpoint import load_checkpoint
 from ttt_core.train.trainer import Trainer, check_run_dir, evaluate_totals, pick_device, step_loss
 
 MARKER = "last.json"
-WORKER = "ttt_core.train.distributed"
+WORKER = "ttt_core.train.worker"
 # DeepSpeed's pydantic config classes -> the [deepspeed] key they validate, for error messages
 BLOCKS = {
     "DeepSpeedZeroConfig": "zero_optimization",
@@ -104,12 +104,14 @@ def resolve_config(recipe: Recipe, world_size: int) -> dict[str, Any]:
     except ValueError as exc:
         raise TTTError(*(f"{prefix} {line}" for line in str(exc).splitlines())) from None
     _import_deepspeed(recipe)
+    import deepspeed.comm
     from deepspeed.runtime.config import DeepSpeedConfig
 
-    # without a process group DeepSpeed assumes one rank: give it a batch that adds up for one
-    single = dict(config, train_batch_size=config["train_micro_batch_size_per_gpu"] * config["gradient_accumulation_steps"])
+    parsed = config
+    if not deepspeed.comm.is_initialized():  # DeepSpeed then assumes one rank: give it a batch for one
+        parsed = dict(config, train_batch_size=config["train_micro_batch_size_per_gpu"] * config["gradient_accumulation_steps"])
     try:
-        DeepSpeedConfig(single)
+        DeepSpeedConfig(parsed)
     except Exception as exc:  # noqa: BLE001 - pydantic ValidationError, DeepSpeedConfigError, ValueError, ...
         errors = getattr(exc, "errors", None)
         if callable(errors):
@@ -148,6 +150,8 @@ def launch(recipe: Recipe, run_dir: Path, recipe_arg: str, overrides: list[str],
     # the ranks import the same ttt_core as this process (a source checkout may shadow an install)
     root = str(Path(__file__).resolve().parents[2])
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    if nproc > 1:
+        os.environ.setdefault("OMP_NUM_THREADS", "1")  # what torchrun would set, without its banner
     worker_args = [recipe_arg, "--out", str(run_dir), *(a for o in overrides for a in ("--set", o))]
     if quiet:
         worker_args.append("--quiet")
@@ -161,13 +165,18 @@ def launch(recipe: Recipe, run_dir: Path, recipe_arg: str, overrides: list[str],
 
 
 def failure_lines(exc, run_dir: Path, nproc: int) -> list[str]:
-    """What failed, and where the run can resume from."""
+    """What failed first (not the ranks the launcher then stopped), and where the run can resume from."""
+    failures = sorted(exc.failures.items())
+    causes = [(r, f) for r, f in failures if not (f.exitcode < 0 and f.signal_name() == "SIGTERM")] or failures
     lines = []
-    for rank, failure in sorted(exc.failures.items()):
+    for rank, failure in causes:
         how = f"was killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exited with code {failure.exitcode}"
         message = failure.message.get("message", "") if isinstance(failure.message, dict) else str(failure.message)
-        detail = message.strip().splitlines()[0] if message.strip() and not message.startswith(("Signal ", "To enable")) else ""
-        lines.append(f"{run_dir}: rank {rank} {how}{': ' + detail if detail else ''}; the other ranks were stopped")
+        generic = message.startswith(("Signal ", "To enable traceback"))  # torch's text when there is no error file
+        detail = message.strip().splitlines()[0] if message.strip() and not generic else ""
+        lines.append(f"{run_dir}: rank {rank} {how}{': ' + detail if detail else ''}")
+    if len(causes) < nproc:
+        lines[-1] += "; the other ranks were stopped"
     marker = read_marker(checkpoint_dir(run_dir))
     if marker:
         lines.append(
@@ -463,8 +472,3 @@ def worker_main(argv: list[str] | None = None) -> int:
         print("\n".join(f"[rank {rank}] {line}" for line in exc.lines), file=sys.stderr)
         return 2
 
-
-if __name__ == "__main__":
-    from torch.distributed.elastic.multiprocessing.errors import record
-
-    sys.exit(record(worker_main)())
