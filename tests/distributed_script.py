@@ -4,8 +4,9 @@ groups are not), and writes each run's metrics.
 
     python -m torch.distributed.run --standalone --nproc-per-node N distributed_script.py SPEC_JSON
 
-SPEC_JSON: {"recipe": PATH, "root": DIR, "out": FILE, "runs": {NAME: [OVERRIDE, ...]}}; each run trains
-in ROOT/NAME; rank 0 writes {NAME: [metrics records]} to OUT.
+SPEC_JSON: {"recipe": PATH, "root": DIR, "out": FILE, "runs": {NAME: [OVERRIDE, ...]},
+"poison": {NAME: [STEP, ...]}}; each run trains in ROOT/NAME; rank 0 writes {NAME: [metrics records]}
+to OUT. In a poisoned run, the last rank's loss is NaN at those (0-based) optimizer steps.
 """
 
 import json
@@ -14,7 +15,21 @@ import sys
 from pathlib import Path
 
 from ttt_core.recipe import load_recipe
+from ttt_core.train import distributed
 from ttt_core.train.distributed import DeepSpeedTrainer, init_process_group, resolve_config
+
+real_step_loss = distributed.step_loss
+
+
+def poisoned(step_loss, steps):
+    """`step_loss` whose loss is NaN on the given calls (one call per optimizer step without accumulation)."""
+    calls = iter(range(10**9))
+
+    def wrapped(*args, **kwargs):
+        loss, out = step_loss(*args, **kwargs)
+        return (loss * float("nan") if next(calls) in steps else loss), out
+
+    return wrapped
 
 
 def main() -> None:
@@ -29,6 +44,8 @@ def main() -> None:
 
             init_process_group(recipe, torch.device("cpu"))
         run_dir = Path(spec["root"]) / name
+        poison = spec.get("poison", {}).get(name, []) if rank == world - 1 else []
+        distributed.step_loss = poisoned(real_step_loss, poison)
         DeepSpeedTrainer(recipe, run_dir, config, rank=rank, world=world, quiet=True).run()
         if rank == 0:
             results[name] = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -33,6 +33,7 @@ RUNS = {
     for stage in STAGES
     for order in ORDERS
 }
+POISONED = [1, 2]  # optimizer steps (0-based) whose loss is NaN on rank 1 of run "z2-nan"
 # uninterrupted reference for the resume test (same overrides as test_save_resume_on_two_ranks)
 RESUME = [*COMMON, "deepspeed.zero_optimization.stage=2", "inner.grad_mode='second'", "train.checkpoint_every=3"]
 
@@ -44,19 +45,25 @@ def env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
 
 
-def launch_script(tmp: Path, nproc: int, runs: dict[str, list[str]]) -> dict[str, list[dict]]:
+def launch_script(tmp: Path, nproc: int, runs: dict[str, list[str]], poison=None) -> dict[str, list[dict]]:
     out = tmp / f"results_{nproc}.json"
-    spec = {"recipe": TINY, "root": str(tmp / f"world{nproc}"), "out": str(out), "runs": runs}
+    spec = {"recipe": TINY, "root": str(tmp / f"world{nproc}"), "out": str(out), "runs": runs, "poison": poison or {}}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
                "--max-restarts", "0", SCRIPT, json.dumps(spec)]
     done = subprocess.run(command, env=env(), capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, errors(done.stderr)
     return json.loads(out.read_text())
 
 
 def ttt_run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ttt_core.cli", "run", *args, "--quiet"], env=env(),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def errors(stderr: str) -> str:
+    """The lines of a failed launch that say why."""
+    lines = stderr.splitlines()
+    return "\n".join([line for line in lines if "Error" in line or "rank" in line][-30:] + lines[-5:])
 
 
 def train_losses(records: list[dict]) -> list[float]:
@@ -67,7 +74,8 @@ def train_losses(records: list[dict]) -> list[float]:
 def launched(tmp_path_factory):
     """{world: {run name: metrics records}}: 2 ranks x b and 1 rank x 2b (and 1 rank x b x 2 accumulation)."""
     tmp = tmp_path_factory.mktemp("ds")
-    two = launch_script(tmp, 2, {**RUNS, "resume-straight": [*RESUME, "train.steps=6"]})
+    two = launch_script(tmp, 2, {**RUNS, "resume-straight": [*RESUME, "train.steps=6"], "z2-nan": RUNS["z2-first"]},
+                        poison={"z2-nan": POISONED})
     one = launch_script(tmp, 1, {**RUNS, "z1-first-gas2": [*RUNS["z1-first"], "deepspeed.gradient_accumulation_steps=2"]})
     return {2: two, 1: one, "root": tmp}
 
@@ -100,6 +108,28 @@ def test_deepspeed_equals_one_process_without_it(launched, tmp_path, order):
         assert train_losses(launched[2][f"z{stage}-{order}"]) == pytest.approx(train_losses(plain), rel=1e-5, abs=1e-6)
 
 
+@needs_deepspeed
+def test_a_non_finite_loss_on_one_rank_skips_the_step_on_all(launched, tmp_path, monkeypatch):
+    """As in one process: no update, the schedule moves on, nothing logged for the skipped steps."""
+    import ttt_core.train.trainer as trainer_module
+
+    real, calls = trainer_module.step_loss, iter(range(10**9))
+
+    def poisoned(*args, **kwargs):
+        loss, out = real(*args, **kwargs)
+        return (loss * float("nan") if next(calls) in POISONED else loss), out
+
+    monkeypatch.setattr(trainer_module, "step_loss", poisoned)
+    overrides = [o for o in RUNS["z2-first"] if not o.startswith(("distributed", "deepspeed"))]
+    with pytest.warns(UserWarning, match="non-finite loss, step skipped"):
+        trainer_module.Trainer(load_recipe(TINY, overrides), tmp_path / "plain", quiet=True).run()
+    plain = [json.loads(line) for line in (tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()]
+    nan = launched[2]["z2-nan"]
+    assert [r["step"] for r in nan] == [r["step"] for r in plain] == [1, 4, 4]
+    assert train_losses(nan) == pytest.approx(train_losses(plain), rel=1e-5, abs=1e-6)
+    assert nan[1]["lr"] == plain[1]["lr"] == launched[2]["z2-first"][3]["lr"]
+
+
 # --- checkpoints ----------------------------------------------------------------------------------
 
 
@@ -108,9 +138,9 @@ def test_save_resume_on_two_ranks_and_eval(launched, tmp_path, capsys):
     run_dir = str(tmp_path / "split")
     sets = [a for o in RESUME for a in ("--set", o)]
     first = ttt_run(TINY, "--nproc", "2", "--out", run_dir, *sets, "--set", "train.steps=3")
-    assert first.returncode == 0, first.stderr[-3000:]
-    second = ttt_run(run_dir, "--nproc", "2", "--set", "train.steps=6")  # resume from the run directory
-    assert second.returncode == 0, second.stderr[-3000:]
+    assert first.returncode == 0, errors(first.stderr)
+    second = ttt_run(run_dir, "--set", "train.steps=6")  # resume from the run directory, with its 2 ranks
+    assert second.returncode == 0, errors(second.stderr)
     split = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     straight = launched[2]["resume-straight"]
     assert [r["step"] for r in split if r["split"] == "train"] == [1, 2, 3, 4, 5, 6]

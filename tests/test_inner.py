@@ -122,4 +122,4 @@ def test_single_learning_rate_is_1d_and_old_0d_checkpoints_load():
         loop = InnerLoop(InnerConfig(lr=0.5, learn_lr=learn_lr), ["w"])
         assert loop.log_lr.shape == (1,) and loop.lr(0, 0).dim() == 0
         loop.load_state_dict({"log_lr": torch.tensor(math.log(0.25))})
-        assert loop.log_lr.shape == (1,) and math.isclose(float(loop.lr(1, 0)), 0.25, rel_tol=1e-6)
+        assert loop.log_lr.shape == (1,) and math.isclose(float(loop.lr(1, 0).detach()), 0.25, rel_tol=1e-6)

@@ -25,6 +25,16 @@ def save_atomic(obj: Any, path: Path) -> None:
     os.replace(tmp, path)  # a kill before this line leaves the previous checkpoint intact
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Readers (other ranks, a resumed run) see the old file or the new one, never a partial one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)

@@ -43,7 +43,7 @@ import torch
 from ttt_core import deepspeed_config
 from ttt_core.errors import TTTError
 from ttt_core.recipe import Recipe, dumps_toml
-from ttt_core.train.checkpoint import load_checkpoint
+from ttt_core.train.checkpoint import load_checkpoint, write_text_atomic
 from ttt_core.train.trainer import Trainer, check_run_dir, evaluate_totals, pick_device, step_loss
 
 MARKER = "last.json"
@@ -270,9 +270,7 @@ class DeepSpeedTrainer(Trainer):
         if self.is_main:
             marker = {"tag": tag, "step": self.step, "world_size": self.world,
                       "zero_stage": self.engine.zero_optimization_stage()}
-            tmp = self.checkpoint_dir / f".{MARKER}.tmp"
-            tmp.write_text(json.dumps(marker) + "\n")
-            os.replace(tmp, self.checkpoint_dir / MARKER)
+            write_text_atomic(self.checkpoint_dir / MARKER, json.dumps(marker) + "\n")
             for old in self.checkpoint_dir.glob("step*"):
                 if old.name != tag and old.is_dir():
                     shutil.rmtree(old, ignore_errors=True)
@@ -447,6 +445,8 @@ def worker_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher; LOCAL_RANK is used
     args = parser.parse_args(argv)
+    # torch deprecation notices from inside DeepSpeed's ZeRO collectives, once per rank: not actionable here
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     try:

@@ -21,13 +21,15 @@ def resolve_run(recipe_or_dir: str, out: str | None, overrides: list[str]):
     return recipe, Path(out) if out else Path("runs") / path.stem
 
 
-def run_command(recipe_or_dir: str, out: str | None, overrides: list[str], nproc: int = 1, quiet: bool = False) -> int:
+def run_command(recipe_or_dir: str, out: str | None, overrides: list[str], nproc: int | None = None, quiet: bool = False) -> int:
     recipe, run_dir = resolve_run(recipe_or_dir, out, overrides)
     if recipe.distributed.backend == "deepspeed":
-        from ttt_core.train.distributed import launch
+        from ttt_core.train.distributed import checkpoint_dir, launch, read_marker
 
+        if nproc is None:  # resume with as many ranks as saved the checkpoint
+            nproc = (read_marker(checkpoint_dir(run_dir)) or {}).get("world_size", 1)
         return launch(recipe, run_dir, recipe_or_dir, list(overrides), nproc, quiet)
-    if nproc != 1:
+    if nproc not in (None, 1):
         raise TTTError(
             f"{recipe.source}: --nproc {nproc} needs [distributed] backend = \"deepspeed\" "
             "(e.g. --set distributed.backend=deepspeed)"

@@ -18,7 +18,7 @@ from ttt_core.episode import answer_loss
 from ttt_core.model import MetaModel
 from ttt_core.recipe import Recipe, dumps_toml
 from ttt_core.train.build import build
-from ttt_core.train.checkpoint import load_checkpoint, load_model_state, save_atomic
+from ttt_core.train.checkpoint import load_checkpoint, load_model_state, save_atomic, write_text_atomic
 
 # Options that may change when a run is resumed: they do not change what has been computed so far.
 RESUMABLE_CHANGES = {("train", k) for k in ("steps", "eval_every", "checkpoint_every", "log_every", "threads")} | {
@@ -154,8 +154,9 @@ class Trainer:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         check_run_dir(self.recipe, self.run_dir, self.has_checkpoint())
-        (self.run_dir / "recipe.toml").write_text(dumps_toml(self.recipe.resolved()))
-        (self.run_dir / "versions.json").write_text(json.dumps(versions(), indent=2) + "\n")
+        # atomic: the other ranks of a resumed run read recipe.toml while rank 0 rewrites it
+        write_text_atomic(self.run_dir / "recipe.toml", dumps_toml(self.recipe.resolved()))
+        write_text_atomic(self.run_dir / "versions.json", json.dumps(versions(), indent=2) + "\n")
 
     def save(self) -> None:
         if not self.is_main:
