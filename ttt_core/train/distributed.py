@@ -31,6 +31,7 @@ import datetime
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -174,6 +175,8 @@ def failure_lines(exc, run_dir: Path, nproc: int) -> list[str]:
         message = failure.message.get("message", "") if isinstance(failure.message, dict) else str(failure.message)
         generic = message.startswith(("Signal ", "To enable traceback"))  # torch's text when there is no error file
         detail = message.strip().splitlines()[0] if message.strip() and not generic else ""
+        for ours in ("TTTError: ", "RecipeError: ", "PluginError: ", "RegistryError: "):  # already user-facing
+            detail = detail.removeprefix(ours)
         lines.append(f"{run_dir}: rank {rank} {how}{': ' + detail if detail else ''}")
     if len(causes) < nproc:
         lines[-1] += "; the other ranks were stopped"
@@ -301,7 +304,12 @@ class DeepSpeedTrainer(Trainer):
         return flag.item() == 0.0
 
     def train_step(self) -> dict[str, Any] | None:
-        """One optimizer step of `gas` micro-batches per rank; None if it was skipped (non-finite)."""
+        """One optimizer step of `gas` micro-batches per rank; None if it was skipped.
+
+        A non-finite loss on any rank skips the step on every rank, as in one process (no update; the
+        schedule moves on). With gradient accumulation, a non-finite micro-batch after the first one
+        drops itself and the rest of the step; the micro-batches already accumulated still update.
+        """
         import torch.distributed as dist
 
         train = self.recipe.train
@@ -345,6 +353,8 @@ class DeepSpeedTrainer(Trainer):
             return None
         if grad_norm is None:
             grad_norm = self.engine.get_global_grad_norm()
+        if grad_norm is not None and not math.isfinite(grad_norm):
+            return None  # ZeRO 0: the gradients were dropped before the step, which changed nothing
         grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
         names = list(sums)
         flat = torch.cat([sums[name] for name in names]).to(self.device)
