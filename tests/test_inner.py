@@ -55,7 +55,7 @@ def test_first_order_equals_hand_derived_update():
     # d(sum w1)/d w0 is the identity in first order (g is a constant), and the lr gets -sum(g)
     grad_w0, grad_lr = torch.autograd.grad(state["w"].sum(), [w0, loop.log_lr])
     torch.testing.assert_close(grad_w0, torch.ones_like(w0))
-    torch.testing.assert_close(grad_lr, -(0.5 * g.sum()))
+    torch.testing.assert_close(grad_lr, -(0.5 * g.sum()).reshape(1))
 
 
 def test_truncated_blocks_exactly_the_early_steps():
@@ -114,3 +114,12 @@ def test_stability_penalty_keeps_state_near_init():
     free, _ = InnerLoop(InnerConfig(steps=5, lr=0.1), ["w"])(loss, {"w": w0})
     held, _ = InnerLoop(InnerConfig(steps=5, lr=0.1, stability=5.0), ["w"])(loss, {"w": w0})
     assert held["w"].norm() < free["w"].norm()
+
+
+def test_single_learning_rate_is_1d_and_old_0d_checkpoints_load():
+    """DeepSpeed cannot broadcast 0-dim parameters; checkpoints from before the change still load."""
+    for learn_lr in ("scalar", "none"):
+        loop = InnerLoop(InnerConfig(lr=0.5, learn_lr=learn_lr), ["w"])
+        assert loop.log_lr.shape == (1,) and loop.lr(0, 0).dim() == 0
+        loop.load_state_dict({"log_lr": torch.tensor(math.log(0.25))})
+        assert loop.log_lr.shape == (1,) and math.isclose(float(loop.lr(1, 0).detach()), 0.25, rel_tol=1e-6)

@@ -126,3 +126,18 @@ def test_non_finite_gradients_never_reach_the_parameters(tmp_path):
     stats = trainer.optimizer.step(0)
     assert stats["grad_norm"] != stats["grad_norm"]  # NaN reported
     assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+
+
+def test_resume_a_checkpoint_with_a_0d_inner_lr(tmp_path):
+    """Runs saved before the single inner learning rate became shape (1,) still resume."""
+    train(tmp_path / "run", "train.steps=2")
+    path = tmp_path / "run" / "checkpoints" / "last.pt"
+    state = load_checkpoint(path)
+    state["model"]["inner.log_lr"] = state["model"]["inner.log_lr"].reshape(())
+    for param_state in state["optimizer"]["state"].values():
+        for key in ("exp_avg", "exp_avg_sq"):
+            if param_state[key].shape == (1,):
+                param_state[key] = param_state[key].reshape(())
+    save_atomic(state, path)
+    train(tmp_path / "run", "train.steps=3")
+    assert [r["step"] for r in losses(tmp_path / "run")][-1] == 3

@@ -33,7 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="train a recipe (or resume a run directory)")
     run.add_argument("recipe", help="a recipe .toml, or an existing run directory to resume")
     run.add_argument("--out", help="run directory (default: runs/<recipe name>)")
-    run.add_argument("--nproc", type=int, default=1, help="processes on this node (distributed backend)")
+    run.add_argument(
+        "--nproc",
+        type=int,
+        help="ranks on this node for [distributed] backend = \"deepspeed\" (default: 1, or as many as the "
+        "checkpoint being resumed was saved by)",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_set(run)
 

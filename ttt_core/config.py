@@ -81,6 +81,9 @@ class DistributedConfig:
     backend: str = attrs.field(default="none", validator=one_of("none", "deepspeed"))
     deepspeed_config: str | None = None
     """A DeepSpeed JSON file (relative to the recipe) used instead of an embedded [deepspeed] table."""
+    timeout_s: float = attrs.field(default=600.0, validator=positive)
+    """Seconds a rank waits in a collective before it gives up: bounds the wait on a hung rank (a rank
+    that dies is noticed by the launcher within seconds). Must exceed the slowest step or evaluation."""
 
 
 @attrs.define

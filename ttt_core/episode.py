@@ -88,8 +88,12 @@ def gather_answer_logits(logits: Tensor, target_positions: Tensor, offset: int =
     return logits.gather(1, index)
 
 
-def answer_loss(answer_logits: Tensor, target: Segment) -> Tensor:
-    """Mean cross-entropy of answer logits ``[B, Tt, V]`` over the real target tokens."""
+def answer_loss(answer_logits: Tensor, target: Segment, denominator: Tensor | float | None = None) -> Tensor:
+    """Mean cross-entropy of answer logits ``[B, Tt, V]`` over the real target tokens.
+
+    `denominator` replaces this batch's token count: data-parallel ranks divide by their share of the
+    global count, so that averaging their losses gives the mean over the global batch.
+    """
     losses = F.cross_entropy(answer_logits.flatten(0, 1).float(), target.ids.flatten(), reduction="none")
     mask = target.mask.flatten().to(losses.dtype)
-    return (losses * mask).sum() / mask.sum().clamp(min=1)
+    return (losses * mask).sum() / (mask.sum().clamp(min=1) if denominator is None else denominator)

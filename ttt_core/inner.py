@@ -69,10 +69,12 @@ def clip_per_example(grads: list[Tensor], config: InnerConfig) -> list[Tensor]:
 
 
 def lr_shape(config: InnerConfig, groups: int) -> tuple[int, ...]:
+    """Shape of the log learning rates. A single rate is ``(1,)``, never 0-dim: DeepSpeed cannot
+    broadcast 0-dim parameters (``deepspeed.initialize`` fails viewing them as bytes)."""
     steps = max(config.steps, 1)
     return {
-        "none": (),
-        "scalar": (),
+        "none": (1,),
+        "scalar": (1,),
         "per_step": (steps,),
         "per_group": (groups,),
         "per_step_group": (steps, groups),
@@ -95,13 +97,20 @@ class InnerLoop(nn.Module):
     def lr(self, step: int, group: int) -> Tensor:
         mode = self.config.learn_lr
         index = {
-            "none": (),
-            "scalar": (),
+            "none": (0,),
+            "scalar": (0,),
             "per_step": (step,),
             "per_group": (group,),
             "per_step_group": (step, group),
         }[mode]
         return self.log_lr[index].exp()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # checkpoints written before the single learning rate became shape (1,) hold a 0-dim one
+        key = prefix + "log_lr"
+        if key in state_dict and state_dict[key].dim() == 0 and self.log_lr.shape == (1,):
+            state_dict[key] = state_dict[key].reshape(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def create_graph(self, step: int) -> bool:
         """Second order only while training: evaluation needs the adapted state, not its graph."""

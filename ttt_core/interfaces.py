@@ -168,6 +168,15 @@ class OuterOptimizer(ABC):
         A non-finite gradient norm must leave the parameters untouched (the trainer then counts
         the step as skipped)."""
 
+    def lr_scheduler(self) -> Any:
+        """A torch LR scheduler over ``optimizer`` giving the learning rates that ``step(n)`` uses, advanced
+        once per optimizer step; None keeps the rates constant.
+
+        Under DeepSpeed the engine steps ``optimizer`` and this scheduler itself (``step`` is not called)
+        and clips gradients at the config's ``clip_norm`` option, if the config has one.
+        """
+        return None
+
     @abstractmethod
     def state_dict(self) -> dict[str, Any]: ...
 

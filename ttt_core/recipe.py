@@ -227,6 +227,8 @@ class Recipe:
             _set_path(out, slot.split("."), table)
         for name in TABLES:
             out[name] = CONVERTER.unstructure(getattr(self, name))
+        # a DeepSpeed JSON file is stored inline, so that a run directory is self-contained
+        out["distributed"]["deepspeed_config"] = None
         if self.deepspeed is not None:
             out["deepspeed"] = self.deepspeed
         return out
@@ -281,6 +283,10 @@ def load_raw(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
         cycle = " -> ".join(_display(p) for p in (*_chain, resolved))
         raise RecipeError(f"{_display(_chain[0])}: extends cycle: {cycle}")
     data = _read_toml(resolved, shown)
+    distributed = data.get("distributed")
+    if isinstance(distributed, dict) and isinstance(distributed.get("deepspeed_config"), str):
+        # relative to the file that names it, like `extends`
+        distributed["deepspeed_config"] = str(resolved.parent / distributed["deepspeed_config"])
     extends = data.pop("extends", [])
     if isinstance(extends, str):
         extends = [extends]
@@ -414,9 +420,15 @@ def build_recipe(
         problems.extend((name, p) for p in table_problems)
         tables[name] = config
 
-    deepspeed = data.get("deepspeed")
-    if deepspeed is not None and not isinstance(deepspeed, dict):
-        problems.append(("deepspeed", f"expected a table, got {_describe(deepspeed)}"))
+    deepspeed, deepspeed_source, deepspeed_problems = _deepspeed_table(data, tables["distributed"])
+    problems.extend(("deepspeed", p) for p in deepspeed_problems)
+    if deepspeed is not None and tables["train"] is not None and "optimizer" in components:
+        from ttt_core import deepspeed_config
+
+        clip_norm = getattr(components["optimizer"].config, "clip_norm", None)
+        for problem in deepspeed_config.check(deepspeed, tables["train"].batch_size, clip_norm):
+            problems.append(("deepspeed", problem) if deepspeed_source is None else
+                            ("deepspeed", f"({deepspeed_source}) {problem}"))
 
     if problems:
         raise RecipeError(*(f"{source}: [{t}] {m}" if t else f"{source}: {m}" for t, m in problems))
@@ -428,6 +440,28 @@ def build_recipe(
         deepspeed=deepspeed,
         **tables,
     )
+
+
+def _deepspeed_table(data: dict[str, Any], distributed: DistributedConfig | None):
+    """(table or None, the JSON file it came from or None, problems)."""
+    table = data.get("deepspeed")
+    if table is not None and not isinstance(table, dict):
+        return None, None, [f"expected a table, got {_describe(table)}"]
+    path = distributed.deepspeed_config if distributed is not None else None
+    if path is None:
+        return table, None, []
+    shown = _display(Path(path))
+    if table is not None:
+        return None, None, [f"give either a [deepspeed] table or [distributed] deepspeed_config = '{shown}', not both"]
+    try:
+        loaded = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, None, [f"deepspeed_config '{shown}': file not found"]
+    except (OSError, ValueError) as exc:
+        return None, None, [f"deepspeed_config '{shown}': not a JSON file ({exc})"]
+    if not isinstance(loaded, dict):
+        return None, None, [f"deepspeed_config '{shown}': expected a JSON object, got {_describe(loaded)}"]
+    return loaded, shown, []
 
 
 def load_recipe(

@@ -52,8 +52,19 @@ class AdamW(OuterOptimizer):
         self.optimizer.zero_grad(set_to_none=True)
         return {"lr": self.base_lrs[0] * factor, "grad_norm": float(grad_norm)}
 
+    def lr_scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
+        return torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: schedule_factor(step, self.config, self.total_steps)
+        )
+
     def state_dict(self) -> dict[str, Any]:
         return self.optimizer.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state)
+        # moments saved for a parameter that has since changed shape but not size (the inner loop's
+        # single learning rate went from 0-dim to (1,)) take the parameter's shape
+        for param, param_state in self.optimizer.state.items():
+            for key, value in param_state.items():
+                if key != "step" and torch.is_tensor(value) and value.shape != param.shape and value.numel() == param.numel():
+                    param_state[key] = value.reshape(param.shape)

@@ -1,4 +1,4 @@
-"""`ttt eval RUN_DIR`: evaluate a run's checkpoint, also on another dataset setting (--set)."""
+"""`ttt eval RUN_DIR`: evaluate a run's checkpoint (plain or DeepSpeed), also on another dataset setting (--set)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ttt_core.errors import TTTError
 from ttt_core.recipe import load_recipe
-from ttt_core.train.checkpoint import load_checkpoint
+from ttt_core.train.checkpoint import load_model_state
 
 
 def eval_command(run_dir: str, split: str = "test", checkpoint: str | None = None, overrides: list[str] = ()) -> int:
@@ -18,8 +18,7 @@ def eval_command(run_dir: str, split: str = "test", checkpoint: str | None = Non
     if not (run / "recipe.toml").exists():
         raise TTTError(f"{run}: not a run directory (no recipe.toml)")
     recipe = load_recipe(run / "recipe.toml", overrides)
-    path = Path(checkpoint) if checkpoint else run / "checkpoints" / "last.pt"
-    state = load_checkpoint(path)
+    path, state = load_model_state(Path(checkpoint) if checkpoint else run)
     device = pick_device(recipe.train.device)
     built = build(recipe, device)
     try:

@@ -1,4 +1,5 @@
-"""`ttt run`: pick the run directory, resume if it has a checkpoint, train."""
+"""`ttt run`: pick the run directory, resume if it has a checkpoint, train (in this process, or on
+several ranks through DeepSpeed: `ttt_core.train.distributed`)."""
 
 from __future__ import annotations
 
@@ -20,19 +21,29 @@ def resolve_run(recipe_or_dir: str, out: str | None, overrides: list[str]):
     return recipe, Path(out) if out else Path("runs") / path.stem
 
 
-def run_command(recipe_or_dir: str, out: str | None, overrides: list[str], nproc: int = 1, quiet: bool = False) -> int:
+def run_command(recipe_or_dir: str, out: str | None, overrides: list[str], nproc: int | None = None, quiet: bool = False) -> int:
     recipe, run_dir = resolve_run(recipe_or_dir, out, overrides)
-    if nproc != 1 or recipe.distributed.backend != "none":
+    if recipe.distributed.backend == "deepspeed":
+        from ttt_core.train.distributed import checkpoint_dir, launch, read_marker
+
+        if nproc is None:  # resume with as many ranks as saved the checkpoint
+            nproc = (read_marker(checkpoint_dir(run_dir)) or {}).get("world_size", 1)
+        return launch(recipe, run_dir, recipe_or_dir, list(overrides), nproc, quiet)
+    if nproc not in (None, 1):
         raise TTTError(
-            f"{recipe.source}: [distributed] backend '{recipe.distributed.backend}' with --nproc {nproc} "
-            "is not available in this version; use backend = \"none\" and --nproc 1"
+            f"{recipe.source}: --nproc {nproc} needs [distributed] backend = \"deepspeed\" "
+            "(e.g. --set distributed.backend=deepspeed)"
         )
     from ttt_core.train.trainer import Trainer
 
     report = Trainer(recipe, run_dir, quiet=quiet).run()
+    print(summary(run_dir, report))
+    return 0
+
+
+def summary(run_dir: Path, report: dict) -> str:
     test = report["test"]
-    print(
+    return (
         f"{run_dir}: {report['steps']} steps in {report['train_time_s']} s; test exact match "
         f"{100 * test['exact_match']:.2f}% on {test['samples']} samples (report.md)"
     )
-    return 0

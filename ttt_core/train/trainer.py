@@ -18,10 +18,12 @@ from ttt_core.episode import answer_loss
 from ttt_core.model import MetaModel
 from ttt_core.recipe import Recipe, dumps_toml
 from ttt_core.train.build import build
-from ttt_core.train.checkpoint import load_checkpoint, save_atomic
+from ttt_core.train.checkpoint import load_checkpoint, load_model_state, save_atomic, write_text_atomic
 
 # Options that may change when a run is resumed: they do not change what has been computed so far.
-RESUMABLE_CHANGES = {("train", k) for k in ("steps", "eval_every", "checkpoint_every", "log_every", "threads")}
+RESUMABLE_CHANGES = {("train", k) for k in ("steps", "eval_every", "checkpoint_every", "log_every", "threads")} | {
+    ("distributed", "timeout_s")
+}
 
 
 def pick_device(name: str) -> torch.device:
@@ -81,22 +83,31 @@ def _to_float(value: torch.Tensor | float) -> float | list[float]:
     return value
 
 
-def step_loss(model: MetaModel, episode) -> tuple[torch.Tensor, Any]:
-    """Outer loss of one batch (plus the inner loss if the recipe asks for it)."""
-    out = model(episode)
-    loss = answer_loss(out.logits, episode.target)
+def step_loss(model: MetaModel, episode, denominator=None, *, forward=None) -> tuple[torch.Tensor, Any]:
+    """Outer loss of one batch (plus the inner loss if the recipe asks for it).
+
+    `forward` runs the model (a DeepSpeed engine wraps it); `denominator`: see `answer_loss`.
+    """
+    out = (forward or model)(episode)
+    loss = answer_loss(out.logits, episode.target, denominator)
     if "outer_term" in out.stats:
         loss = loss + model.inner.config.outer_weight * out.stats["outer_term"]
     return loss, out
 
 
-def evaluate(model: MetaModel, task, split: str, samples: int, batch_size: int, device) -> dict[str, float]:
-    """Mean loss and metrics over a fixed held-out set. The inner loop still needs autograd."""
+def evaluate_totals(
+    model: MetaModel, task, split: str, samples: int, batch_size: int, device, shard: tuple[int, int] = (0, 1)
+) -> tuple[dict[str, float], int]:
+    """Summed loss and metrics over a fixed held-out set (batches `rank::world` for `shard`), and the
+    number of samples. The inner loop still needs autograd."""
+    rank, world = shard
     was_training = model.training
     model.eval()
     totals: dict[str, float] = {}
     count = 0
-    for episode in task.eval_batches(split, samples, batch_size):
+    for index, episode in enumerate(task.eval_batches(split, samples, batch_size)):
+        if index % world != rank:
+            continue
         episode = episode.to(device)
         loss, out = step_loss(model, episode)
         batch = episode.batch_size
@@ -106,6 +117,12 @@ def evaluate(model: MetaModel, task, split: str, samples: int, batch_size: int, 
         count += batch
         model.zero_grad(set_to_none=True)
     model.train(was_training)
+    return totals, count
+
+
+def evaluate(model: MetaModel, task, split: str, samples: int, batch_size: int, device) -> dict[str, float]:
+    """Mean loss and metrics over a fixed held-out set."""
+    totals, count = evaluate_totals(model, task, split, samples, batch_size, device)
     return {name: total / count for name, total in totals.items()} | {"samples": count}
 
 
@@ -128,25 +145,22 @@ class Trainer:
 
     # --- run directory ------------------------------------------------------------------------
 
-    def prepare_run_dir(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        resolved = self.recipe.resolved()
-        stored = self.run_dir / "recipe.toml"
-        if stored.exists() and self.checkpoint_path.exists():
-            from ttt_core.recipe import tomllib
+    def has_checkpoint(self) -> bool:
+        return self.checkpoint_path.exists()
 
-            old = tomllib.loads(stored.read_text())
-            diff = recipe_differences(old, tomllib.loads(dumps_toml(resolved)))  # same TOML types
-            if diff:
-                raise TTTError(
-                    f"{self.run_dir}: this run directory was made by another recipe (differs in: "
-                    f"{', '.join(diff)}); use another --out or resume it as it is"
-                )
-        if self.is_main:
-            stored.write_text(dumps_toml(resolved))
-            (self.run_dir / "versions.json").write_text(json.dumps(versions(), indent=2) + "\n")
+    def prepare_run_dir(self) -> None:
+        """Rank 0 checks the run directory and writes the recipe (other ranks never read it back)."""
+        if not self.is_main:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        check_run_dir(self.recipe, self.run_dir, self.has_checkpoint())
+        # atomic: the other ranks of a resumed run read recipe.toml while rank 0 rewrites it
+        write_text_atomic(self.run_dir / "recipe.toml", dumps_toml(self.recipe.resolved()))
+        write_text_atomic(self.run_dir / "versions.json", json.dumps(versions(), indent=2) + "\n")
 
     def save(self) -> None:
+        if not self.is_main:
+            return
         state = {
             "step": self.step,
             "bad_steps": self.bad_steps,
@@ -160,17 +174,14 @@ class Trainer:
 
     def initialise_from(self, source: str) -> None:
         """Start from another run's weights (a new run: optimizer state and step start afresh)."""
-        path = Path(source)
-        if path.is_dir():
-            path = path / "checkpoints" / "last.pt"
-        state = load_checkpoint(path)
+        path, state = load_model_state(source)
         try:
             self.model.load_state_dict(state["model"])
         except (RuntimeError, KeyError) as exc:
             raise TTTError(f"{path}: [train] init_from does not fit this recipe's model: {str(exc).splitlines()[0]}") from None
 
     def resume(self) -> bool:
-        if not self.checkpoint_path.exists():
+        if not self.has_checkpoint():
             if self.recipe.train.init_from:
                 self.initialise_from(self.recipe.train.init_from)
             return False
@@ -219,12 +230,13 @@ class Trainer:
             self.elapsed += time.perf_counter() - started
             if record is None:
                 self.bad_steps += 1
-                warnings.warn(f"step {self.step}: non-finite loss, step skipped ({self.bad_steps} in a row)", stacklevel=1)
+                if self.is_main:
+                    warnings.warn(f"step {self.step}: non-finite loss, step skipped ({self.bad_steps} in a row)", stacklevel=1)
                 if self.bad_steps >= train.max_bad_steps:
                     bar.close()
                     raise TTTError(
                         f"stopped at step {self.step}: {self.bad_steps} consecutive non-finite losses; "
-                        f"the last good checkpoint is {self.checkpoint_path}"
+                        f"the last good checkpoint is {self.checkpoint_location()}"
                     )
                 self.step += 1
                 continue
@@ -245,10 +257,12 @@ class Trainer:
                     bar.write(f"step {self.step}: val loss {result['loss']:.4f} exact match {result['exact_match']:.4f}")
                 self.metrics.write({"step": self.step, "split": "val", "time": self.elapsed, **result})
             if self.step % train.checkpoint_every == 0 or self.step == train.steps:
-                if self.is_main:
-                    self.save()
+                self.save()
         bar.close()
         return self.report()
+
+    def checkpoint_location(self) -> Path:
+        return self.checkpoint_path
 
     def evaluate(self, split: str, samples: int) -> dict[str, float]:
         return evaluate(self.model, self.task, split, samples, self.recipe.eval.batch_size, self.device)
@@ -264,6 +278,22 @@ class Trainer:
         if self.is_main:
             write_report(self.run_dir, report, self.recipe)
         return report
+
+
+def check_run_dir(recipe: Recipe, run_dir: Path, has_checkpoint: bool) -> None:
+    """Refuse to resume a run directory that another recipe made."""
+    stored = run_dir / "recipe.toml"
+    if not (stored.exists() and has_checkpoint):
+        return
+    from ttt_core.recipe import tomllib
+
+    old = tomllib.loads(stored.read_text())
+    diff = recipe_differences(old, tomllib.loads(dumps_toml(recipe.resolved())))  # same TOML types
+    if diff:
+        raise TTTError(
+            f"{run_dir}: this run directory was made by another recipe (differs in: "
+            f"{', '.join(diff)}); use another --out or resume it as it is"
+        )
 
 
 def write_report(run_dir: Path, report: dict[str, Any], recipe: Recipe) -> None:
