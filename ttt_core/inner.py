@@ -68,17 +68,21 @@ def clip_per_example(grads: list[Tensor], config: InnerConfig) -> list[Tensor]:
     return grads
 
 
+# which axes the learned log learning rate has, per `learn_lr` mode
+LR_AXES: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "scalar": (),
+    "per_step": ("step",),
+    "per_group": ("group",),
+    "per_step_group": ("step", "group"),
+}
+
+
 def lr_shape(config: InnerConfig, groups: int) -> tuple[int, ...]:
     """Shape of the log learning rates. A single rate is ``(1,)``, never 0-dim: DeepSpeed cannot
     broadcast 0-dim parameters (``deepspeed.initialize`` fails viewing them as bytes)."""
-    steps = max(config.steps, 1)
-    return {
-        "none": (1,),
-        "scalar": (1,),
-        "per_step": (steps,),
-        "per_group": (groups,),
-        "per_step_group": (steps, groups),
-    }[config.learn_lr]
+    sizes = {"step": max(config.steps, 1), "group": groups}
+    return tuple(sizes[axis] for axis in LR_AXES[config.learn_lr]) or (1,)
 
 
 class InnerLoop(nn.Module):
@@ -95,14 +99,8 @@ class InnerLoop(nn.Module):
             self.log_lr = nn.Parameter(log_lr)  # exp keeps the learning rate positive
 
     def lr(self, step: int, group: int) -> Tensor:
-        mode = self.config.learn_lr
-        index = {
-            "none": (0,),
-            "scalar": (0,),
-            "per_step": (step,),
-            "per_group": (group,),
-            "per_step_group": (step, group),
-        }[mode]
+        position = {"step": step, "group": group}
+        index = tuple(position[axis] for axis in LR_AXES[self.config.learn_lr]) or (0,)
         return self.log_lr[index].exp()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
