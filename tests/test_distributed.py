@@ -79,7 +79,8 @@ def ttt_run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 def errors(stderr: str) -> str:
     """The lines of a failed launch that say why."""
     lines = stderr.splitlines()
-    return "\n".join([line for line in lines if "Error" in line or "rank" in line][-30:] + lines[-5:])
+    wanted = ("Error", "rank", "terminate called", "Fatal Python")
+    return "\n".join([line for line in lines if any(w in line for w in wanted)][-30:] + lines[-5:])
 
 
 def train_losses(records: list[dict]) -> list[float]:
