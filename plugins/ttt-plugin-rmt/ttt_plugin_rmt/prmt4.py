@@ -148,8 +148,9 @@ class PRMT4(nn.Module, Recurrence):
         width = max(widths)
         x = torch.stack([torch.cat([memory[l], _pad_time(hidden[s], width)], dim=1) for l, s in cells])
         real = torch.stack([_pad_time(masks[s], width) for _, s in cells])  # [C, B, W]
-        key_mask = torch.cat([real.new_ones(*real.shape[:2], tokens), real], dim=2)
-        y = block_forward(params, x, key_mask, config=self.block_config)[:, :, tokens:]
+        # no key mask: memory comes first and padding last, so under causal attention a real position
+        # never sees a padded one (padded positions hold finite garbage that nothing real reads)
+        y = block_forward(params, x, config=self.block_config)[:, :, tokens:]
         for c, (_, s) in enumerate(cells):
             hidden[s] = y[c, :, : widths[c]]
         adapt = [c for c, (_, s) in enumerate(cells) if s != query]
@@ -157,7 +158,7 @@ class PRMT4(nn.Module, Recurrence):
             return
         a = slice(adapt[0], adapt[-1] + 1)  # the query cell, if any, is the first: the rest is contiguous
         layers = range(cells[adapt[0]][0], cells[adapt[-1]][0] + 1)
-        adapted = self._adapt(model, layers, {k: w[a] for k, w in params.items()}, memory, y[a], real[a], key_mask[a], stats)
+        adapted = self._adapt(model, layers, {k: w[a] for k, w in params.items()}, memory, y[a], real[a], stats)
         for layer, m in zip(layers, adapted.unbind(0)):
             memory[layer] = m
 
@@ -169,7 +170,6 @@ class PRMT4(nn.Module, Recurrence):
         memory: list[Tensor],
         target: Tensor,
         real: Tensor,
-        key_mask: Tensor,
         stats: _Stats,
     ) -> Tensor:
         """K inner steps for C cells at once: memory `[C, B, M, d]` reconstructing `target [C, B, W, d]`.
@@ -190,7 +190,7 @@ class PRMT4(nn.Module, Recurrence):
         for step in range(config.steps):
             create_graph = model.inner.create_graph(step)
             with keep_graph(create_graph):
-                out = block_forward(params, torch.cat([state, glob], dim=2), key_mask, config=self.block_config)
+                out = block_forward(params, torch.cat([state, glob], dim=2), config=self.block_config)
                 error = ((out[:, :, tokens:] - target).pow(2).mean(-1) * weights).sum(-1)
                 mse = error / (weights.sum(-1).clamp_min(1.0) * scale)  # [C, B]: MSE / mean square of target
                 if config.outer_weight:
