@@ -98,6 +98,18 @@ def test_diagonal_equals_sequential(inner: InnerConfig, training: bool) -> None:
             assert seq[3][name] is not None and seq[3][name].abs().sum() > 0, name
 
 
+def test_query_wider_than_the_global_tokens() -> None:
+    """A wave holding the query pads to the query's width; the inner loop must not (the global
+    tokens only cover the context segments)."""
+    g = torch.Generator().manual_seed(1)
+    segments = (random_segment([4, 2], g), random_segment([3, 4], g))
+    context = Segment.from_lists([[1] * 6, [1] * 6])
+    episode = Episode(segments, context, random_segment([6, 5], g), random_segment([4, 4], g))
+    model = make_model(global_tokens=4).eval()
+    seq = with_schedule(model, "sequential")(episode).logits
+    torch.testing.assert_close(with_schedule(model, "diagonal")(episode).logits, seq, atol=1e-5, rtol=1e-5)
+
+
 def test_inner_loop_lowers_reconstruction_error() -> None:
     model = make_model(InnerConfig(steps=3, lr=0.5)).eval()
     stats = model(make_episode()).stats

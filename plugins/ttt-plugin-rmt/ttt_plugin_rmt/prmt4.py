@@ -158,7 +158,8 @@ class PRMT4(nn.Module, Recurrence):
             return
         a = slice(adapt[0], adapt[-1] + 1)  # the query cell, if any, is the first: the rest is contiguous
         layers = range(cells[adapt[0]][0], cells[adapt[-1]][0] + 1)
-        adapted = self._adapt(model, layers, {k: w[a] for k, w in params.items()}, memory, y[a], real[a], stats)
+        w = max(widths[a])  # the query may be wider than the context segments (and the global tokens)
+        adapted = self._adapt(model, layers, {k: p[a] for k, p in params.items()}, memory, y[a, :, :w], real[a, :, :w], stats)
         for layer, m in zip(layers, adapted.unbind(0)):
             memory[layer] = m
 
