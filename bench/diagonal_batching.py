@@ -66,6 +66,24 @@ def compare(model, episode: Episode, train: bool, repeats: int) -> dict[str, flo
     return result | {"diff": float((logits["sequential"] - logits["diagonal"]).abs().max())}
 
 
+def bmm_scaling() -> None:
+    """Does one bmm over 4 cells (4 layers' weights) cost less than 4 one-cell bmms? (CPU time)"""
+    def per_call_us(f, n: int = 300) -> float:
+        for _ in range(10):
+            f()
+        start = time.process_time()
+        for _ in range(n):
+            f()
+        return (time.process_time() - start) / n * 1e6
+
+    print("| rows x in x out | 1 cell (us) | 4 cells (us) | 4 x 1 cell (us) |\n|---|---|---|---|")
+    for rows, d_in, d_out in ((16, 128, 1024), (40, 128, 384), (40, 512, 128)):
+        x, w = torch.randn(4, rows, d_in), torch.randn(4, d_out, d_in)
+        one = per_call_us(lambda: torch.bmm(x[:1], w[:1].transpose(1, 2)))
+        four = per_call_us(lambda: torch.bmm(x, w.transpose(1, 2)))
+        print(f"| {rows} x {d_in} x {d_out} | {one:.0f} | {four:.0f} | {4 * one:.0f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -75,8 +93,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64, help="training batch size")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--train-repeats", type=int, default=1)
+    parser.add_argument("--bmm", action="store_true", help="only time bmm over 1 and 4 cells")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.bmm:
+        return bmm_scaling()
     recipe = load_recipe(RECIPE, [f"recurrence.global_tokens={max(args.length, 1)}"])
     built = build(recipe)
     model, vocab = built.model, built.task.tokenizer.vocab_size
