@@ -83,8 +83,9 @@ def test_unknown_option_did_you_mean(write):
 def test_unknown_component_lists_available(write):
     path = write("x.toml", BASE + '[recurrence]\nname = "prmt5"\n')
     (line,) = problems(path)
-    assert line.startswith(f"{path}: [recurrence] unknown recurrence 'prmt5'; available: ")
-    assert "single" in line.split("available: ")[1]
+    # with ttt-plugin-rmt installed 'prmt4' is close enough for a did-you-mean
+    assert line.startswith(f"{path}: [recurrence] unknown recurrence 'prmt5'")
+    assert "single" in line.split("; available: ")[1]
 
 
 def test_unknown_component_from_first_party_plugin(write):

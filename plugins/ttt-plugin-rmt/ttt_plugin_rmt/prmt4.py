@@ -1,0 +1,237 @@
+"""PRMT4: layer-wise (parallel) RMT with test-time training, run along diagonals.
+
+Every backbone layer l owns M memory tokens. The context segments s = 0..S-1 and the query (s = S)
+make a grid of cells (l, s); cell (l, s) does
+
+    reference   y = layer_l([mem_{l,s-1}; h_{l-1,s}]),   h_{l,s} = y at the segment's positions
+    adapt       K inner steps on  MSE(layer_l([m; G_l[:T]]) at the segment's positions, h_{l,s}) / MS(h_{l,s})
+                                  + w_l * ||m - mem_{l,s-1}||^2,    m starting at mem_{l,s-1}
+                -> mem_{l,s}                                         (not on the query)
+
+The MSE is divided by the (detached) mean square of the target, per example: hidden states are
+~0.02 at init, so a plain MSE gives inner gradients ~1e-4 and a memory that an inner learning rate of
+1 never moves; the relative error makes the learning rate scale-free.
+
+and the head reads h_{L-1,S}. `G_l` are learned "global" tokens: token i stands in for position i of
+any segment, so the memory (the only thing that differs between segments) must hold what the layer
+needs to reproduce the segment's outputs. Attention is causal, so position i of the reconstruction
+sees only m and G_l[0..i]: truncating G_l to the segment's width is exact, and padded positions (of
+shorter rows) are left out of the MSE.
+
+Cell (l, s) needs only (l-1, s) (its input) and (l, s-1) (its memory), so all cells on an
+anti-diagonal l + s = t are independent. The diagonal schedule runs each of them in one batched
+call (`block_forward` over stacked layer weights, segments right-padded to a common width, the inner
+loop batched over cells too): L + S waves for L x (S + 1) cells. The sequential schedule runs the
+cells one by one with each layer's own weights; it is the reference the diagonal one must match.
+
+The recipe's [memory.learner] and [memory.writer] are not used (PRMT4 owns its per-layer memory);
+[inner] gives steps, rule, grad_mode / truncate, clip_value / clip_norm, outer_weight and the
+initial inner learning rate (learned per layer, and per step when learn_lr has a step axis).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ttt_core.attention import keep_graph
+from ttt_core.builtin.llama import Llama, block_forward
+from ttt_core.config import InnerConfig
+from ttt_core.errors import TTTError
+from ttt_core.episode import Episode, Segment, answer_logits_inputs, gather_answer_logits
+from ttt_core.inner import LR_AXES, RULES, clip_per_example, per_example_norm
+from ttt_core.interfaces import Recurrence
+from ttt_core.model import MetaModel, ReadOutput
+from ttt_plugin_rmt.prmt4_config import PRMT4Config
+
+Cell = tuple[int, int]  # (layer, segment); segment == number of context segments is the query
+
+
+def diagonal_waves(layers: int, segments: int) -> list[list[Cell]]:
+    """Cells grouped by l + s, layers ascending within a wave; `segments` counts the query too."""
+    return [
+        [(layer, t - layer) for layer in range(max(0, t - segments + 1), min(layers - 1, t) + 1)]
+        for t in range(layers + segments - 1)
+    ]
+
+
+def sequential_cells(layers: int, segments: int) -> list[list[Cell]]:
+    """One cell per call: every layer of segment 0, then of segment 1, ... (the reference order)."""
+    return [[(layer, s)] for s in range(segments) for layer in range(layers)]
+
+
+def _pad_time(x: Tensor, width: int) -> Tensor:
+    """Right-pad dim 1 (time) of `[B, T]` or `[B, T, d]` to `width` with zeros / False."""
+    pad = width - x.shape[1]
+    if pad == 0:
+        return x
+    return F.pad(x, (0, 0, 0, pad)) if x.dim() == 3 else F.pad(x, (0, pad), value=False)
+
+
+class _Stats:
+    """Inner-loop statistics summed over cells (per-cell batch means), averaged at the end."""
+
+    def __init__(self, steps: int) -> None:
+        self.loss = [0.0] * steps
+        self.grad_norm = [0.0] * steps
+        self.cells = 0
+        self.outer: list[Tensor] = []
+
+    def result(self, memory: list[Tensor]) -> dict[str, Tensor]:
+        stats: dict[str, Tensor] = {}
+        if self.cells and self.loss:
+            stats["inner_loss"] = torch.stack([torch.as_tensor(x) for x in self.loss]) / self.cells
+            stats["inner_grad_norm"] = torch.stack([torch.as_tensor(x) for x in self.grad_norm]) / self.cells
+        stats["memory_norm"] = per_example_norm([m.detach() for m in memory]).mean()
+        if self.outer:
+            stats["outer_term"] = torch.stack(self.outer).sum() / self.cells
+        return stats
+
+
+class PRMT4(nn.Module, Recurrence):
+    """Per-layer memory adapted by reconstruction, cells run along diagonals (or one by one)."""
+
+    def __init__(self, config: PRMT4Config, *, backbone: nn.Module, inner: InnerConfig, **context: object) -> None:
+        super().__init__()
+        if not isinstance(backbone, Llama):
+            raise TTTError(
+                f"recurrence 'prmt4' runs the llama backbone's blocks (block_forward, stacked_layer_params); "
+                f"got backbone {type(backbone).__name__}"
+            )
+        if inner.stability:
+            raise TTTError(
+                "recurrence 'prmt4' learns its own per-layer stability weight: set [recurrence] stability, "
+                "not [inner] stability"
+            )
+        self.config = config
+        self.block_config = backbone.config
+        layers, tokens, dim = backbone.n_layers, config.memory_tokens, backbone.dim
+        self.memory = nn.Parameter(torch.randn(layers, tokens, dim) * config.init_std)
+        self.global_tokens = nn.Parameter(torch.randn(layers, config.global_tokens, dim) * config.init_std)
+        # per-layer (and per-step, if the recipe asks) inner learning rates, positive through exp
+        steps = max(inner.steps, 1) if "step" in LR_AXES[inner.learn_lr] else 1
+        log_lr = torch.full((layers, steps), math.log(inner.lr))
+        if inner.learn_lr == "none":
+            self.register_buffer("log_lr", log_lr)
+        else:
+            self.log_lr = nn.Parameter(log_lr)
+        self.log_stability = nn.Parameter(torch.full((layers,), math.log(config.stability)))
+
+    # --- one call: a group of cells (one wave, or a single cell) ---------------------------------
+
+    def _layer_params(self, model: MetaModel, layers: range, stacked: dict[str, Tensor] | None) -> dict[str, Tensor]:
+        """Block weights of `layers` with a leading cell dim: slices of the stacked weights (diagonal)
+        or the one layer's own weights (sequential)."""
+        if stacked is not None:
+            return {name: w[layers.start : layers.stop] for name, w in stacked.items()}
+        (layer,) = layers
+        return {name: w.unsqueeze(0) for name, w in model.backbone.layers[layer].named_parameters()}
+
+    def _run_cells(
+        self,
+        model: MetaModel,
+        cells: list[Cell],
+        params: dict[str, Tensor],
+        hidden: list[Tensor],
+        masks: list[Tensor],
+        memory: list[Tensor],
+        query: int,
+        stats: _Stats,
+    ) -> None:
+        """Reference pass of every cell, then the inner loop of the context cells, in place on
+        `hidden` (per segment: the latest layer's output) and `memory` (per layer: the latest)."""
+        tokens = self.config.memory_tokens
+        widths = [hidden[s].shape[1] for _, s in cells]
+        width = max(widths)
+        x = torch.stack([torch.cat([memory[l], _pad_time(hidden[s], width)], dim=1) for l, s in cells])
+        real = torch.stack([_pad_time(masks[s], width) for _, s in cells])  # [C, B, W]
+        # no key mask: memory comes first and padding last, so under causal attention a real position
+        # never sees a padded one (padded positions hold finite garbage that nothing real reads)
+        y = block_forward(params, x, config=self.block_config)[:, :, tokens:]
+        for c, (_, s) in enumerate(cells):
+            hidden[s] = y[c, :, : widths[c]]
+        adapt = [c for c, (_, s) in enumerate(cells) if s != query]
+        if not adapt or model.inner.config.steps == 0:
+            return
+        a = slice(adapt[0], adapt[-1] + 1)  # the query cell, if any, is the first: the rest is contiguous
+        layers = range(cells[adapt[0]][0], cells[adapt[-1]][0] + 1)
+        w = max(widths[a])  # the query may be wider than the context segments (and the global tokens)
+        adapted = self._adapt(model, layers, {k: p[a] for k, p in params.items()}, memory, y[a, :, :w], real[a, :, :w], stats)
+        for layer, m in zip(layers, adapted.unbind(0)):
+            memory[layer] = m
+
+    def _adapt(
+        self,
+        model: MetaModel,
+        layers: range,
+        params: dict[str, Tensor],
+        memory: list[Tensor],
+        target: Tensor,
+        real: Tensor,
+        stats: _Stats,
+    ) -> Tensor:
+        """K inner steps for C cells at once: memory `[C, B, M, d]` reconstructing `target [C, B, W, d]`.
+
+        The state is a fresh stack of the previous memories, so its gradient excludes the path through
+        the target (which was computed from the same previous memories)."""
+        config = model.inner.config
+        cells, batch, width = real.shape
+        anchor = torch.stack([memory[l] for l in layers])
+        glob = self.global_tokens[layers.start : layers.stop, :width].unsqueeze(1).expand(-1, batch, -1, -1)
+        stability = self.log_stability[layers.start : layers.stop].exp().view(cells, 1)
+        weights = real.to(target.dtype)
+        # the target's mean square over real positions: the loss is the relative squared error, so the
+        # inner learning rate does not depend on the hidden states' scale (~0.02 at init, grows later)
+        scale = ((target.detach().pow(2).mean(-1) * weights).sum(-1) / weights.sum(-1).clamp_min(1.0)).clamp_min(1e-12)
+        rule, tokens = RULES[config.rule], self.config.memory_tokens
+        state, buffers = anchor, {}
+        for step in range(config.steps):
+            create_graph = model.inner.create_graph(step)
+            with keep_graph(create_graph):
+                out = block_forward(params, torch.cat([state, glob], dim=2), config=self.block_config)
+                error = ((out[:, :, tokens:] - target).pow(2).mean(-1) * weights).sum(-1)
+                mse = error / (weights.sum(-1).clamp_min(1.0) * scale)  # [C, B]: MSE / mean square of target
+                if config.outer_weight:
+                    stats.outer.append(mse.mean(1).sum())
+                loss = mse + stability * (state - anchor).pow(2).sum((-2, -1))
+                (grad,) = torch.autograd.grad(
+                    loss.sum(), state, create_graph=create_graph, retain_graph=create_graph or bool(config.outer_weight)
+                )
+            if not create_graph:
+                grad = grad.detach()
+            grad = clip_per_example([grad.flatten(0, 1)], config)[0].view_as(grad)
+            lr = self.log_lr[layers.start : layers.stop, min(step, self.log_lr.shape[1] - 1)].exp()
+            state, buffers = rule(state, grad, lr.view(cells, 1, 1, 1), buffers, step, config)
+            stats.loss[step] += loss.detach().mean(1).sum()
+            stats.grad_norm[step] += per_example_norm([grad.detach().flatten(0, 1)]).view(cells, batch).mean(1).sum()
+        stats.cells += cells
+        return state
+
+    # --- the whole grid --------------------------------------------------------------------------
+
+    def forward(self, model: MetaModel, episode: Episode) -> ReadOutput:
+        backbone = model.backbone
+        ids, mask, positions = answer_logits_inputs(episode)
+        segments = [*episode.segments, Segment(ids, mask)]
+        longest = max((s.ids.shape[1] for s in episode.segments), default=0)
+        if longest > self.config.global_tokens:
+            raise TTTError(
+                f"prmt4: a context segment of {longest} tokens is longer than [recurrence] global_tokens = "
+                f"{self.config.global_tokens}"
+            )
+        batch, layers, query = episode.batch_size, backbone.n_layers, len(episode.segments)
+        hidden = [backbone.embed(s.ids) for s in segments]
+        masks = [s.mask for s in segments]
+        memory = [self.memory[l].expand(batch, -1, -1) for l in range(layers)]
+        diagonal = self.config.schedule == "diagonal"
+        groups = (diagonal_waves if diagonal else sequential_cells)(layers, len(segments))
+        stacked = backbone.stacked_layer_params() if diagonal else None
+        stats = _Stats(model.inner.config.steps)
+        for cells in groups:
+            params = self._layer_params(model, range(cells[0][0], cells[-1][0] + 1), stacked)
+            self._run_cells(model, cells, params, hidden, masks, memory, query, stats)
+        logits = backbone.head(hidden[query])
+        return ReadOutput(logits=gather_answer_logits(logits, positions), stats=stats.result(memory))

@@ -1,0 +1,25 @@
+"""Config of the `prmt4` recurrence. No torch here: recipes validate without building a model."""
+
+from __future__ import annotations
+
+import attrs
+
+from ttt_core.config import one_of, positive
+
+
+@attrs.define
+class PRMT4Config:
+    """Layer-wise RMT + TTT: every layer owns memory tokens, adapted by reconstruction segment by segment."""
+
+    memory_tokens: int = attrs.field(default=8, validator=positive)
+    """Memory tokens per layer (PRMT4 owns them; the recipe's [memory.learner] is not used)."""
+    global_tokens: int = attrs.field(default=64, validator=positive)
+    """Learned tokens per layer that stand in for the segment's positions in the reconstruction pass:
+    as many as the longest context segment (a longer segment is an error)."""
+    stability: float = attrs.field(default=0.01, validator=positive)
+    """Initial per-layer weight of ||mem - previous mem||^2 in the inner loss (learned, kept positive)."""
+    init_std: float = attrs.field(default=0.02, validator=positive)
+    """Standard deviation of the initial memory and global tokens."""
+    schedule: str = attrs.field(default="diagonal", validator=one_of("diagonal", "sequential"))
+    """diagonal: all (layer, segment) cells with the same layer + segment in one batched call;
+    sequential: one cell at a time (the reference order). Both compute the same thing."""
