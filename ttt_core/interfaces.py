@@ -113,7 +113,9 @@ class InnerLearner(ABC):
 class Recurrence(ABC):
     """How an episode's context is cut into segments and memory carried between them.
 
-    An ``nn.Module`` (it may own parameters, e.g. global tokens). Context: none.
+    An ``nn.Module`` (it may own parameters, e.g. global tokens or RMT's initial memory).
+    Context: ``backbone: Backbone``, to size such parameters; do not keep it as a submodule (its
+    parameters would be trained twice): ``forward`` receives it as ``model.backbone``.
     """
 
     @abstractmethod

@@ -11,7 +11,7 @@ from ttt_core.model import MetaModel, ReadOutput
 
 
 class SingleSegment(nn.Module, Recurrence):
-    def __init__(self, config: SingleConfig) -> None:
+    def __init__(self, config: SingleConfig, **_: object) -> None:
         super().__init__()
         self.split = config.split
 

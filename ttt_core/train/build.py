@@ -24,7 +24,7 @@ def build_model(recipe: Recipe, task) -> MetaModel:
     backbone = recipe["backbone"].build(vocab_size=task.tokenizer.vocab_size)
     writer = recipe["memory.writer"].build(dim=backbone.dim)
     learner = recipe["memory.learner"].build(backbone=backbone, writer=writer)
-    recurrence = recipe["recurrence"].build()
+    recurrence = recipe["recurrence"].build(backbone=backbone)
     return MetaModel(backbone, learner, writer, recurrence, recipe.inner)
 
 
