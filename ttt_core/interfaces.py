@@ -113,10 +113,12 @@ class InnerLearner(ABC):
 class Recurrence(ABC):
     """How an episode's context is cut into segments and memory carried between them.
 
-    An ``nn.Module`` (it may own parameters, e.g. global tokens). Context: ``backbone: Backbone``
-    and ``inner: InnerConfig`` (the recipe's ``[inner]`` table), so that a recurrence can shape its
-    own parameters by the backbone (PRMT4's per-layer memory) and start its own inner learning rates
-    from the recipe's. A recurrence that needs neither accepts and ignores them (``**context``).
+    An ``nn.Module`` (it may own parameters, e.g. global tokens or RMT's initial memory). Context:
+    ``backbone: Backbone`` and ``inner: InnerConfig`` (the recipe's ``[inner]`` table), so that a
+    recurrence can shape its own parameters by the backbone (PRMT4's per-layer memory) and start its
+    own inner learning rates from the recipe's. Do not keep the backbone as a submodule (its
+    parameters would be trained twice): ``forward`` receives it as ``model.backbone``. A recurrence
+    that needs neither accepts and ignores them (``**context``).
     """
 
     @abstractmethod
