@@ -42,8 +42,10 @@ def run_command(recipe_or_dir: str, out: str | None, overrides: list[str], nproc
 
 
 def summary(run_dir: Path, report: dict) -> str:
-    test = report["test"]
+    from ttt_core.train.trainer import format_metric, metric_label
+
+    test, headline = report["test"], report.get("headline", "exact_match")
     return (
-        f"{run_dir}: {report['steps']} steps in {report['train_time_s']} s; test exact match "
-        f"{100 * test['exact_match']:.2f}% on {test['samples']} samples (report.md)"
+        f"{run_dir}: {report['steps']} steps in {report['train_time_s']} s; test {metric_label(headline)} "
+        f"{format_metric(headline, test[headline])} on {test['samples']} samples (report.md)"
     )
