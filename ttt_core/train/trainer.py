@@ -21,7 +21,10 @@ from ttt_core.train.build import build
 from ttt_core.train.checkpoint import load_checkpoint, load_model_state, save_atomic, write_text_atomic
 
 # Options that may change when a run is resumed: they do not change what has been computed so far.
-RESUMABLE_CHANGES = {("train", k) for k in ("steps", "eval_every", "checkpoint_every", "log_every", "threads")} | {
+# (`init_from` only matters when a run starts: a resumed run loads its own checkpoint.)
+RESUMABLE_CHANGES = {
+    ("train", k) for k in ("steps", "eval_every", "checkpoint_every", "log_every", "threads", "init_from")
+} | {
     ("distributed", "timeout_s")
 }
 
@@ -128,6 +131,8 @@ def evaluate(model: MetaModel, task, split: str, samples: int, batch_size: int, 
 
 class Trainer:
     def __init__(self, recipe: Recipe, run_dir: Path, quiet: bool = False, rank: int = 0) -> None:
+        if recipe.stages:
+            raise TTTError(f"{recipe.source}: a recipe with [[stages]] trains through ttt_core.train.stages.run_stages")
         self.recipe = recipe
         self.run_dir = Path(run_dir)
         self.quiet = quiet or rank != 0
