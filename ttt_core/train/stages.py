@@ -57,7 +57,9 @@ def run_stages(recipe: Recipe, run_dir: Path, quiet: bool = False, nproc: int | 
         from ttt_core.train.trainer import Trainer
 
         def train_stage(stage_recipe: Recipe, directory: Path) -> dict[str, Any]:
-            return Trainer(stage_recipe, directory, quiet=quiet).run()
+            report = Trainer(stage_recipe, directory, quiet=quiet).run()
+            print(summary(directory, report))  # (DeepSpeed's rank 0 prints its own)
+            return report
 
     results = []
     for stage, staged, directory in stage_recipes(recipe, run_dir):
@@ -68,7 +70,6 @@ def run_stages(recipe: Recipe, run_dir: Path, quiet: bool = False, nproc: int | 
             if not quiet:
                 print(f"stage {stage.name}: {stage.steps} steps in {directory}", file=sys.stderr)
             report = train_stage(staged, directory)
-            print(summary(directory, report))
         results.append({"stage": stage.name, "dir": str(directory), **report})
     report = {"recipe": recipe.source, "stages": results}
     write_text_atomic(run_dir / "report.json", json.dumps(report, indent=2) + "\n")
