@@ -116,6 +116,8 @@ def test_bad_recipe_is_one_line(tmp_path, capsys):
     assert lines == [f"{TINY}: [task] option 'seq_len' must be > 0; got 0"]
     assert main(["validate", TINY, "--set", "task.paths=['/no/where']"]) == 1
     assert capsys.readouterr().err.strip() == f"{TINY}: [task] option 'paths': /no/where: no such file or directory"
+    assert main(["validate", TINY, "--set", "task.paths=/no/where"]) == 1  # a string is not split into letters
+    assert capsys.readouterr().err.strip() == f"{TINY}: [task] option 'paths': expected an array, got string \"/no/where\""
 
 
 def test_tiny_lm_learns_and_reports_bits_per_byte(tmp_path, capsys):

@@ -25,6 +25,7 @@ import json
 import math
 import re
 import sys
+import typing
 from collections.abc import Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
@@ -116,7 +117,19 @@ def make_converter() -> cattrs.Converter:
     converter.register_structure_hook(float, _strict(float, "a number"))
     converter.register_structure_hook(str, _strict(str, "a string"))
     converter.register_structure_hook(bool, _strict(bool, "a boolean (true or false)"))
+    # a string is iterable: without this, paths = "x" would become ["x"] letter by letter; the
+    # type check runs first, then cattrs' own list/tuple handling (of a copy without this hook)
+    plain = converter.copy()
+    converter.register_structure_hook_func(
+        lambda t: typing.get_origin(t) in (list, tuple),
+        lambda value, t: _array(value) or plain.structure(value, t),
+    )
     return converter
+
+
+def _array(value: Any) -> None:
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"expected an array, got {_describe(value)}")
 
 
 CONVERTER = make_converter()
