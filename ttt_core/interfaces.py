@@ -139,6 +139,9 @@ class Task(ABC):
     """
 
     tokenizer: Tokenizer
+    headline: str = "exact_match"
+    """The metric (a key of `metrics`) that progress lines, reports and plots lead with."""
+    higher_is_better: bool = True
 
     @abstractmethod
     def train_batch(self, step: int, batch_size: int) -> Episode:
@@ -150,7 +153,7 @@ class Task(ABC):
 
     @abstractmethod
     def metrics(self, answer_logits: Tensor, episode: Episode) -> dict[str, Tensor]:
-        """Per-example metrics ``[B]`` from answer logits ``[B, Tt, V]``; ``exact_match`` is the headline."""
+        """Per-example metrics ``[B]`` from answer logits ``[B, Tt, V]``, the `headline` among them."""
 
     @abstractmethod
     def describe(self, split: str, index: int) -> str:

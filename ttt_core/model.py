@@ -41,6 +41,8 @@ class MetaModel(nn.Module):
         return self.learner.init_state(batch_size)
 
     def adapt(self, state: State, segment: Segment) -> tuple[State, dict[str, Tensor]]:
+        if not state:  # a learner without fast weights (`none`): nothing to adapt
+            return state, {}
         return self.inner(lambda s: self.learner.inner_loss(s, segment), state)
 
     def read(self, state: State, ids: Tensor, mask: Tensor, context: Segment | None = None) -> Tensor:

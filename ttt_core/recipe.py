@@ -23,7 +23,9 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 import sys
+import typing
 from collections.abc import Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
@@ -79,8 +81,11 @@ TOP_LEVEL_KEYS = (
     "recurrence",
     "optimizer",
     "deepspeed",
+    "stages",
     *TABLES,
 )
+STAGE_KEYS = ("name", "steps", "set")
+_STAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,7 +117,19 @@ def make_converter() -> cattrs.Converter:
     converter.register_structure_hook(float, _strict(float, "a number"))
     converter.register_structure_hook(str, _strict(str, "a string"))
     converter.register_structure_hook(bool, _strict(bool, "a boolean (true or false)"))
+    # a string is iterable: without this, paths = "x" would become ["x"] letter by letter; the
+    # type check runs first, then cattrs' own list/tuple handling (of a copy without this hook)
+    plain = converter.copy()
+    converter.register_structure_hook_func(
+        lambda t: typing.get_origin(t) in (list, tuple),
+        lambda value, t: _array(value) or plain.structure(value, t),
+    )
     return converter
+
+
+def _array(value: Any) -> None:
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"expected an array, got {_describe(value)}")
 
 
 CONVERTER = make_converter()
@@ -197,6 +214,22 @@ class ComponentSpec:
 
 
 @attrs.frozen
+class Stage:
+    """One stage of a curriculum: the recipe with the stage's `set` overrides and `steps`.
+
+    Stage k > 0 starts from stage k-1's final weights (`train.init_from`, filled in by the runner,
+    which knows the run directory: `with_init_from`)."""
+
+    name: str
+    steps: int
+    overrides: dict[str, Any]
+    recipe: Recipe
+
+    def table(self) -> dict[str, Any]:
+        return {"name": self.name, "steps": self.steps, "set": dict(self.overrides)}
+
+
+@attrs.frozen
 class Recipe:
     source: str
     data: dict[str, Any]
@@ -208,6 +241,8 @@ class Recipe:
     inner: InnerConfig
     requires: tuple[str, ...] = ()
     deepspeed: dict[str, Any] | None = None
+    stages: tuple[Stage, ...] = ()
+    """A curriculum (`[[stages]]`): `ttt run` trains these in order instead of the recipe itself."""
 
     def __getitem__(self, slot: str) -> ComponentSpec:
         return self.components[slot]
@@ -231,7 +266,15 @@ class Recipe:
         out["distributed"]["deepspeed_config"] = None
         if self.deepspeed is not None:
             out["deepspeed"] = self.deepspeed
+        if self.stages:
+            out["stages"] = [stage.table() for stage in self.stages]
         return out
+
+    def with_init_from(self, source: str) -> Recipe:
+        """This recipe starting from the weights of `source` (a checkpoint or run directory)."""
+        data = copy.deepcopy(self.data)
+        _set_path(data, ["train", "init_from"], source)
+        return attrs.evolve(self, data=data, train=attrs.evolve(self.train, init_from=source))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -371,6 +414,8 @@ def build_recipe(
     data: dict[str, Any], source: str, registry: Registry, broken: dict[str, str] | None = None
 ) -> Recipe:
     """Validate merged recipe data against the registry; raise one RecipeError with every problem."""
+    if "stages" in data:
+        return _build_staged(data, source, registry, broken)
     problems: list[tuple[str, str]] = []  # (table, message)
 
     for key in data:
@@ -440,6 +485,79 @@ def build_recipe(
         deepspeed=deepspeed,
         **tables,
     )
+
+
+def _build_staged(data: dict[str, Any], source: str, registry: Registry, broken: dict[str, str] | None) -> Recipe:
+    """A recipe with `[[stages]]`: the recipe itself and every stage (recipe + `set` + `steps`) must be
+    valid. A problem of the recipe is reported once, not again for every stage that inherits it."""
+    base_data = {k: v for k, v in data.items() if k != "stages"}
+    lines: list[str] = []
+    base: Recipe | None = None
+    try:
+        base = build_recipe(base_data, source, registry, broken)
+    except RecipeError as exc:
+        lines.extend(exc.lines)
+    seen = {line.removeprefix(f"{source}: ") for line in lines}
+    tables, stage_lines = _stage_tables(data["stages"])
+    lines.extend(f"{source}: [stages] {line}" for line in stage_lines)
+    stages = []
+    for index, (name, steps, overrides) in enumerate(tables):
+        where = f"{source}: stage '{name}'"
+        stage_data = copy.deepcopy(base_data)
+        bad = [key for key in overrides if key == "train.steps" or key.split(".")[0] == "stages"
+               or (index and key == "train.init_from")]
+        for key in bad:
+            lines.append(f"{where}: cannot set '{key}' (" + (
+                "use the stage's 'steps'" if key == "train.steps" else
+                "a later stage starts from the previous stage's weights" if key == "train.init_from" else
+                "stages do not nest") + ")")
+        try:
+            for key, value in overrides.items():
+                if key not in bad:
+                    _set_path(stage_data, key.split("."), copy.deepcopy(value))
+        except RecipeError as exc:
+            lines.append(f"{where}: {exc}")
+            continue
+        _set_path(stage_data, ["train", "steps"], steps)
+        try:
+            stage_recipe = build_recipe(stage_data, where, registry, broken)
+        except RecipeError as exc:
+            lines.extend(line for line in exc.lines if line.removeprefix(f"{where}: ") not in seen)
+            continue
+        stages.append(Stage(name=name, steps=steps, overrides=overrides, recipe=stage_recipe))
+    if lines:
+        raise RecipeError(*lines)
+    assert base is not None
+    return attrs.evolve(base, data=data, stages=tuple(stages))
+
+
+def _stage_tables(raw: Any) -> tuple[list[tuple[str, int, dict[str, Any]]], list[str]]:
+    """(name, steps, set) of each `[[stages]]` table, and the problems of their shape."""
+    if not isinstance(raw, list) or not raw or not all(isinstance(t, dict) for t in raw):
+        return [], ["expected one or more [[stages]] tables (name, steps, set)"]
+    out, problems, names = [], [], set()
+    for i, table in enumerate(raw):
+        label = f"stage {i + 1}"
+        for key in table:
+            if key not in STAGE_KEYS:
+                problems.append(f"{label}: unknown option '{key}'{did_you_mean(key, STAGE_KEYS)}")
+        name, steps, overrides = table.get("name"), table.get("steps"), table.get("set", {})
+        if not isinstance(name, str) or not _STAGE_NAME.fullmatch(name):
+            problems.append(f"{label}: 'name' must be a string of letters, digits, '_', '.', '-' (it names the "
+                            f"directory stage-NAME); got {_describe(name) if name is not None else 'nothing'}")
+            continue
+        label = f"stage '{name}'"
+        if name in names:
+            problems.append(f"{label}: the name is used twice")
+        names.add(name)
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
+            problems.append(f"{label}: 'steps' must be a positive integer; got {_describe(steps) if steps is not None else 'nothing'}")
+            continue
+        if not isinstance(overrides, dict):
+            problems.append(f"{label}: 'set' must be a table of dotted keys, e.g. set = {{ \"task.dataset\" = \"...\" }}")
+            continue
+        out.append((name, steps, overrides))
+    return out, problems
 
 
 def _deepspeed_table(data: dict[str, Any], distributed: DistributedConfig | None):

@@ -35,7 +35,6 @@ FIRST_PARTY: dict[tuple[str, str], str] = {
     ("inner_learner", "ttt_linear"): "ttt-plugin-layers",
     ("inner_learner", "ttt_mlp"): "ttt-plugin-layers",
     ("backbone", "ttt_lm"): "ttt-plugin-layers",
-    ("task", "lm_text"): "ttt-plugin-layers",
     **{("task", f"babilong_qa{i}"): "ttt-plugin-babilong" for i in range(1, 21)},
     ("task", "babilong"): "ttt-plugin-babilong",
 }

@@ -49,3 +49,36 @@ class CharTokenizer:
 
     def __repr__(self) -> str:
         return f"CharTokenizer(vocab_size={self.vocab_size})"
+
+
+class ByteTokenizer:
+    """Byte-level: the specials `[PAD] [BOS] [EOS] [UNK]` (ids 0..3), then byte b as id 4 + b.
+
+    Text is UTF-8 encoded; any file is readable and nothing is ever unknown.
+    """
+
+    pad_id, bos_id, eos_id, unk_id = 0, 1, 2, 3
+    offset = len(SPECIAL_TOKENS)
+    vocab_size = offset + 256
+
+    def encode(self, text: str | bytes, bos: bool = False, eos: bool = False) -> list[int]:
+        data = text.encode("utf-8") if isinstance(text, str) else text
+        return [self.bos_id] * bos + [b + self.offset for b in data] + [self.eos_id] * eos
+
+    def decode(self, ids: Iterable[int] | Tensor, skip_special: bool = True) -> str:
+        """Ids to text (invalid UTF-8 shown as U+FFFD); specials dropped unless `skip_special=False`."""
+        if hasattr(ids, "tolist"):
+            ids = ids.tolist()
+        out, data = [], bytearray()
+        for i in ids:
+            if i >= self.offset:
+                data.append(i - self.offset)
+                continue
+            out.append(data.decode("utf-8", errors="replace"))
+            data = bytearray()
+            if not skip_special:
+                out.append(SPECIAL_TOKENS[i])
+        return "".join(out) + data.decode("utf-8", errors="replace")
+
+    def __repr__(self) -> str:
+        return f"ByteTokenizer(vocab_size={self.vocab_size})"

@@ -7,8 +7,10 @@ from ttt_core.builtin.configs import (
     IdentityWriterConfig,
     LlamaConfig,
     MemoryTokensConfig,
+    NoMemoryConfig,
     SingleConfig,
 )
+from ttt_core.builtin.lm_config import LMTextConfig
 from ttt_core.builtin.task_config import ARConfig
 from ttt_core.hookspecs import hookimpl
 from ttt_core.registry import ProviderRegistry
@@ -32,6 +34,13 @@ def ttt_register_components(registry: ProviderRegistry) -> None:
         description="M memory token embeddings adapted on the context's LM loss (baseline TTT)",
     )
     registry.add(
+        "inner_learner",
+        "none",
+        config=NoMemoryConfig,
+        factory="ttt_core.builtin.no_memory:NoMemory",
+        description="no fast weights: the plain backbone (e.g. language modelling with TTT layers inside it)",
+    )
+    registry.add(
         "memory_writer",
         "identity",
         config=IdentityWriterConfig,
@@ -52,6 +61,13 @@ def ttt_register_components(registry: ProviderRegistry) -> None:
         factory="ttt_core.builtin.associative_retrieval:AssociativeRetrieval",
         aliases=("ar",),
         description="noisy associative retrieval: N key-value pairs in noisy segments",
+    )
+    registry.add(
+        "task",
+        "lm_text",
+        config=LMTextConfig,
+        factory="ttt_core.builtin.lm_text:LMText",
+        description="byte-level language modelling over local text files (default: the Python stdlib sources)",
     )
     registry.add(
         "outer_optimizer",

@@ -50,6 +50,11 @@ class MemoryTokensConfig:
 
 
 @attrs.define
+class NoMemoryConfig:
+    """No fast weights: the backbone alone (plain language models, or TTT layers inside the backbone)."""
+
+
+@attrs.define
 class IdentityWriterConfig:
     """The memory is the fast state itself."""
 

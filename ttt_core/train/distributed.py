@@ -339,8 +339,8 @@ class DeepSpeedTrainer(Trainer):
                     self.engine.step()
                 return None
             self.engine.backward(loss)
-            accuracy = self.task.metrics(out.logits.detach(), episode)["exact_match"].float().mean()
-            values = {"loss": loss.detach(), "exact_match": accuracy}
+            metrics = self.task.metrics(out.logits.detach(), episode)
+            values = {"loss": loss.detach(), **{k: v.float().mean() for k, v in metrics.items()}}
             values.update({k: v.detach() for k, v in out.stats.items() if k != "outer_term"})
             for name, value in values.items():
                 shapes[name] = value.dim() == 0
@@ -362,7 +362,7 @@ class DeepSpeedTrainer(Trainer):
         parts = (flat / (self.world * self.gas)).cpu().split([sums[name].numel() for name in names])
         record = {name: float(part) if shapes[name] else part.tolist() for name, part in zip(names, parts)}
         stats = {"lr": lr, "grad_norm": grad_norm}
-        return {"loss": record.pop("loss"), "exact_match": record.pop("exact_match"), **stats, **record}
+        return {"loss": record.pop("loss"), **{k: record.pop(k) for k in metrics}, **stats, **record}
 
     def _grad_norm_before_step(self) -> float | None:
         """ZeRO 0 with a torch optimizer reports no gradient norm: compute it from the averaged

@@ -18,6 +18,11 @@ def eval_command(run_dir: str, split: str = "test", checkpoint: str | None = Non
     if not (run / "recipe.toml").exists():
         raise TTTError(f"{run}: not a run directory (no recipe.toml)")
     recipe = load_recipe(run / "recipe.toml", overrides)
+    if recipe.stages:  # a curriculum: its last stage's model
+        from ttt_core.train.stages import stage_dir
+
+        run = stage_dir(run, recipe.stages[-1])
+        recipe = load_recipe(run / "recipe.toml", overrides)
     path, state = load_model_state(Path(checkpoint) if checkpoint else run)
     device = pick_device(recipe.train.device)
     built = build(recipe, device)

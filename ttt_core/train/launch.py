@@ -23,6 +23,15 @@ def resolve_run(recipe_or_dir: str, out: str | None, overrides: list[str]):
 
 def run_command(recipe_or_dir: str, out: str | None, overrides: list[str], nproc: int | None = None, quiet: bool = False) -> int:
     recipe, run_dir = resolve_run(recipe_or_dir, out, overrides)
+    if recipe.stages:
+        from ttt_core.train.stages import run_stages
+
+        deepspeed = recipe.distributed.backend == "deepspeed"
+        if not deepspeed and nproc not in (None, 1):
+            raise TTTError(f"{recipe.source}: --nproc {nproc} needs [distributed] backend = \"deepspeed\"")
+        run_stages(recipe, run_dir, quiet, train_stage=_deepspeed_stage(nproc, quiet) if deepspeed else None)
+        print(f"{run_dir}: {len(recipe.stages)} stages done (report.md)")
+        return 0
     if recipe.distributed.backend == "deepspeed":
         from ttt_core.train.distributed import checkpoint_dir, launch, read_marker
 
@@ -41,9 +50,32 @@ def run_command(recipe_or_dir: str, out: str | None, overrides: list[str], nproc
     return 0
 
 
+def _deepspeed_stage(nproc: int | None, quiet: bool):
+    """Train one stage through the DeepSpeed launcher: its ranks read the stage's recipe from a file."""
+
+    def train(recipe, directory: Path) -> dict:
+        import json
+
+        from ttt_core.recipe import dumps_toml
+        from ttt_core.train.checkpoint import write_text_atomic
+        from ttt_core.train.distributed import checkpoint_dir, launch, read_marker
+
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / "stage_recipe.toml"  # not recipe.toml: the ranks compare against that one
+        write_text_atomic(path, dumps_toml(recipe.resolved()))
+        ranks = nproc if nproc is not None else (read_marker(checkpoint_dir(directory)) or {}).get("world_size", 1)
+        launch(recipe, directory, str(path), [], ranks, quiet)
+        return json.loads((directory / "report.json").read_text())
+
+    return train
+
+
 def summary(run_dir: Path, report: dict) -> str:
-    test = report["test"]
+    from ttt_core.train.trainer import PERCENT_METRICS, format_metric
+
+    test, headline = report["test"], report.get("headline", "exact_match")
+    value = format_metric(headline, test[headline]) + ("%" if headline in PERCENT_METRICS else "")
     return (
-        f"{run_dir}: {report['steps']} steps in {report['train_time_s']} s; test exact match "
-        f"{100 * test['exact_match']:.2f}% on {test['samples']} samples (report.md)"
+        f"{run_dir}: {report['steps']} steps in {report['train_time_s']} s; test {headline.replace('_', ' ')} "
+        f"{value} on {test['samples']} samples (report.md)"
     )

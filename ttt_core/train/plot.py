@@ -1,4 +1,8 @@
-"""`ttt plot`: learning curves (training loss, validation exact match) of several runs in one PNG."""
+"""`ttt plot`: learning curves (training loss, the validation headline metric) of several runs in one PNG.
+
+The headline is the first of `HEADLINES` the runs' validation records have (exact match for
+retrieval tasks, bits per byte for language modelling), else the validation loss.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,24 @@ from pathlib import Path
 
 from ttt_core.errors import TTTError
 
+# metric -> (axis label, scale, y limits or None)
+HEADLINES: dict[str, tuple[str, float, tuple[float, float] | None]] = {
+    "exact_match": ("exact match (%)", 100.0, (0, 100)),
+    "bits_per_byte": ("bits per byte", 1.0, None),
+    "loss": ("loss", 1.0, None),
+}
+
 
 def read_metrics(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         raise TTTError(f"{run_dir}: no metrics.jsonl (not a run directory, or nothing logged yet)")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def headline_of(records: list[dict]) -> str:
+    val = [r for r in records if r["split"] == "val"]
+    return next((name for name in HEADLINES if val and all(name in r for r in val)), "loss")
 
 
 def plot_runs(run_dirs: list[str], out: str) -> str:
@@ -23,16 +39,23 @@ def plot_runs(run_dirs: list[str], out: str) -> str:
         import matplotlib.pyplot as plt
     except ImportError:
         raise TTTError("ttt plot needs matplotlib: pip install 'ttt-core[plot]'") from None
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-    for run_dir in map(Path, run_dirs):
-        records = read_metrics(run_dir)
+    runs = {Path(d): read_metrics(Path(d)) for d in run_dirs}
+    metrics = {headline_of(records) for records in runs.values()}
+    if len(metrics) > 1:
+        raise TTTError(f"ttt plot: the runs report different headline metrics ({', '.join(sorted(metrics))})")
+    metric = metrics.pop()
+    label, scale, limits = HEADLINES[metric]
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(11, 4))
+    for run_dir, records in runs.items():
         train = [r for r in records if r["split"] == "train"]
         val = [r for r in records if r["split"] == "val"]
         ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label=run_dir.name)
-        ax_acc.plot([r["step"] for r in val], [100 * r["exact_match"] for r in val], marker="o", label=run_dir.name)
-    ax_loss.set(xlabel="step", ylabel="training loss", yscale="log", title="answer loss")
-    ax_acc.set(xlabel="step", ylabel="exact match (%)", title="validation exact match", ylim=(0, 100))
-    for ax in (ax_loss, ax_acc):
+        ax_val.plot([r["step"] for r in val], [scale * r[metric] for r in val], marker="o", label=run_dir.name)
+    ax_loss.set(xlabel="step", ylabel="training loss", yscale="log", title="training loss")
+    ax_val.set(xlabel="step", ylabel=label, title=f"validation {label}")
+    if limits:
+        ax_val.set_ylim(*limits)
+    for ax in (ax_loss, ax_val):
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()

@@ -21,7 +21,10 @@ from ttt_core.train.build import build
 from ttt_core.train.checkpoint import load_checkpoint, load_model_state, save_atomic, write_text_atomic
 
 # Options that may change when a run is resumed: they do not change what has been computed so far.
-RESUMABLE_CHANGES = {("train", k) for k in ("steps", "eval_every", "checkpoint_every", "log_every", "threads")} | {
+# (`init_from` only matters when a run starts: a resumed run loads its own checkpoint.)
+RESUMABLE_CHANGES = {
+    ("train", k) for k in ("steps", "eval_every", "checkpoint_every", "log_every", "threads", "init_from")
+} | {
     ("distributed", "timeout_s")
 }
 
@@ -128,6 +131,8 @@ def evaluate(model: MetaModel, task, split: str, samples: int, batch_size: int, 
 
 class Trainer:
     def __init__(self, recipe: Recipe, run_dir: Path, quiet: bool = False, rank: int = 0) -> None:
+        if recipe.stages:
+            raise TTTError(f"{recipe.source}: a recipe with [[stages]] trains through ttt_core.train.stages.run_stages")
         self.recipe = recipe
         self.run_dir = Path(run_dir)
         self.quiet = quiet or rank != 0
@@ -209,8 +214,8 @@ class Trainer:
         if not finite:
             self.optimizer.optimizer.zero_grad(set_to_none=True)
             return None
-        accuracy = self.task.metrics(out.logits.detach(), episode)["exact_match"].float().mean()
-        record = {"loss": float(loss.detach()), "exact_match": float(accuracy), **stats}
+        metrics = self.task.metrics(out.logits.detach(), episode)
+        record = {"loss": float(loss.detach()), **{k: float(v.float().mean()) for k, v in metrics.items()}, **stats}
         record.update({k: _to_float(v) for k, v in out.stats.items() if k != "outer_term"})
         return record
 
@@ -224,6 +229,7 @@ class Trainer:
             print(f"resuming {self.run_dir} at step {self.step}", file=sys.stderr)
         bar = tqdm(total=train.steps, initial=self.step, disable=self.quiet, dynamic_ncols=True, desc="train")
         window_start, window_samples = time.perf_counter(), 0
+        headline = self.task.headline
         while self.step < train.steps:
             started = time.perf_counter()
             record = self.train_step()
@@ -248,13 +254,13 @@ class Trainer:
                 now = time.perf_counter()
                 record["samples_per_s"] = window_samples / max(now - window_start, 1e-9)
                 window_start, window_samples = now, 0
-                bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['exact_match']:.3f}",
+                bar.set_postfix(loss=f"{record['loss']:.3f}", **{headline: f"{record[headline]:.3f}"},
                                 sps=f"{record['samples_per_s']:.0f}")
                 self.metrics.write({"step": self.step, "split": "train", "time": self.elapsed, **record})
             if self.step % train.eval_every == 0 or self.step == train.steps:
                 result = self.evaluate("val", self.recipe.eval.val_samples)
                 if not self.quiet:
-                    bar.write(f"step {self.step}: val loss {result['loss']:.4f} exact match {result['exact_match']:.4f}")
+                    bar.write(f"step {self.step}: val loss {result['loss']:.4f} {headline} {result[headline]:.4f}")
                 self.metrics.write({"step": self.step, "split": "val", "time": self.elapsed, **result})
             if self.step % train.checkpoint_every == 0 or self.step == train.steps:
                 self.save()
@@ -273,6 +279,7 @@ class Trainer:
             "recipe": self.recipe.source,
             "steps": self.step,
             "train_time_s": round(self.elapsed, 1),
+            "headline": self.task.headline,
             "test": test,
         }
         if self.is_main:
@@ -300,14 +307,27 @@ def write_report(run_dir: Path, report: dict[str, Any], recipe: Recipe) -> None:
     (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     task = recipe.data.get("task", {})
     dataset = task.get("dataset", task.get("name", "?"))
+    headline = report.get("headline", "exact_match")
     lines = [
         f"# {run_dir.name}",
         "",
-        "| recipe | dataset | steps | train time (s) | test samples | test loss | test exact match (%) |",
+        f"| recipe | dataset | steps | train time (s) | test samples | test loss | test {metric_label(headline)} |",
         "|---|---|---|---|---|---|---|",
         f"| {recipe.source} | {dataset} | {report['steps']} | {report['train_time_s']} | "
-        f"{report['test']['samples']} | {report['test']['loss']:.4f} | {100 * report['test']['exact_match']:.2f} |",
+        f"{report['test']['samples']} | {report['test']['loss']:.4f} | {format_metric(headline, report['test'][headline])} |",
         "",
     ]
     (run_dir / "report.md").write_text("\n".join(lines))
 
+
+
+PERCENT_METRICS = ("exact_match", "accuracy")
+
+
+def metric_label(name: str) -> str:
+    """`exact_match` -> `exact match (%)`, `bits_per_byte` -> `bits per byte`."""
+    return name.replace("_", " ") + (" (%)" if name in PERCENT_METRICS else "")
+
+
+def format_metric(name: str, value: float) -> str:
+    return f"{100 * value:.2f}" if name in PERCENT_METRICS else f"{value:.4f}"

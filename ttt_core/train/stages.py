@@ -1,0 +1,94 @@
+"""Curriculum runs: a recipe with `[[stages]]` trains stage after stage in one `ttt run`.
+
+Stage k trains in `RUN/stage-NAME/` (an ordinary run directory) and starts from stage k-1's final
+weights through `train.init_from`. Running the command again skips every stage whose report is
+written (it finished, test included) and resumes the interrupted one from its checkpoint, so a
+curriculum is interrupted and resumed exactly like a single run. `RUN/recipe.toml` holds the staged
+recipe (`ttt run RUN` resumes), `RUN/report.json` / `report.md` every stage's test result.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ttt_core.recipe import Recipe, Stage, dumps_toml
+from ttt_core.train.checkpoint import write_text_atomic
+
+
+def stage_dir(run_dir: Path, stage: Stage) -> Path:
+    return Path(run_dir) / f"stage-{stage.name}"
+
+
+def stage_recipes(recipe: Recipe, run_dir: Path) -> list[tuple[Stage, Recipe, Path]]:
+    """(stage, its recipe with `init_from` set to the previous stage, its directory), in order."""
+    out, previous = [], None
+    for stage in recipe.stages:
+        staged = stage.recipe if previous is None else stage.recipe.with_init_from(str(previous))
+        previous = stage_dir(run_dir, stage)
+        out.append((stage, staged, previous))
+    return out
+
+
+def finished(directory: Path, steps: int) -> dict[str, Any] | None:
+    """The stage's report if it trained all `steps` and was tested, else None."""
+    path = directory / "report.json"
+    if not path.exists():
+        return None
+    report = json.loads(path.read_text())
+    return report if report.get("steps", 0) >= steps else None
+
+
+def run_stages(recipe: Recipe, run_dir: Path, quiet: bool = False, nproc: int | None = None,
+               train_stage=None) -> dict[str, Any]:
+    """Train every unfinished stage in order; return (and write) the curriculum's report.
+
+    `train_stage(recipe, directory)` trains one stage and returns its report (default: the
+    single-process `Trainer`; `ttt run` passes the DeepSpeed launcher for DeepSpeed recipes).
+    """
+    from ttt_core.train.launch import summary
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "recipe.toml", dumps_toml(recipe.resolved()))
+    if train_stage is None:
+        from ttt_core.train.trainer import Trainer
+
+        def train_stage(stage_recipe: Recipe, directory: Path) -> dict[str, Any]:
+            report = Trainer(stage_recipe, directory, quiet=quiet).run()
+            print(summary(directory, report))  # (DeepSpeed's rank 0 prints its own)
+            return report
+
+    results = []
+    for stage, staged, directory in stage_recipes(recipe, run_dir):
+        report = finished(directory, stage.steps)
+        if report is not None:
+            print(f"stage {stage.name}: finished earlier ({directory}), skipped", file=sys.stderr)
+        else:
+            if not quiet:
+                print(f"stage {stage.name}: {stage.steps} steps in {directory}", file=sys.stderr)
+            report = train_stage(staged, directory)
+        results.append({"stage": stage.name, "dir": str(directory), **report})
+    report = {"recipe": recipe.source, "stages": results}
+    write_text_atomic(run_dir / "report.json", json.dumps(report, indent=2) + "\n")
+    write_text_atomic(run_dir / "report.md", _markdown(run_dir, results))
+    return report
+
+
+def _markdown(run_dir: Path, results: list[dict[str, Any]]) -> str:
+    from ttt_core.train.trainer import format_metric, metric_label
+
+    headline = results[-1].get("headline", "exact_match")
+    lines = [
+        f"# {run_dir.name} (curriculum)",
+        "",
+        f"| stage | steps | train time (s) | test samples | test loss | test {metric_label(headline)} |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        test = r["test"]
+        lines.append(f"| {r['stage']} | {r['steps']} | {r['train_time_s']} | {test['samples']} | "
+                     f"{test['loss']:.4f} | {format_metric(headline, test[headline])} |")
+    return "\n".join([*lines, ""])
