@@ -26,8 +26,10 @@ from ttt_core.train.trainer import step_loss
 Step = Callable[[int], None]
 
 
-def ours_step(mode: str, recipe_path: str, batch: int) -> tuple[Step, object]:
-    recipe = load_recipe(recipe_path, [f"inner.grad_mode='{mode}'", "inner.steps=2", f"train.batch_size={batch}"])
+def ours_step(mode: str, recipe_path: str, batch: int, overrides: tuple[str, ...] = ()) -> tuple[Step, object]:
+    recipe = load_recipe(
+        recipe_path, [f"inner.grad_mode='{mode}'", "inner.steps=2", f"train.batch_size={batch}", *overrides]
+    )
     built = build(recipe)
 
     def step(i: int) -> None:
@@ -104,13 +106,15 @@ def main() -> None:
     parser.add_argument("--modes", default="second,first")
     parser.add_argument("--no-hf", action="store_true", help="skip the Hugging Face reference")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="recipe override for ours, e.g. backbone.mlp_ratio=2.6667 (GPT-NeoX's MLP FLOPs)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, K=2, {args.recipe}")
+    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, K=2, {args.recipe} {' '.join(args.set)}")
     rows = []
     for mode in args.modes.split(","):
         torch.manual_seed(0)
-        ours, built = ours_step(mode, args.recipe, args.batch)
+        ours, built = ours_step(mode, args.recipe, args.batch, tuple(args.set))
         steps = {"ours": ours}
         hf = None if args.no_hf else hf_step(mode, built.task, built.model.backbone.vocab_size, args.batch)
         if hf is not None:

@@ -125,10 +125,12 @@ def _rope_qk(qk: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 def _attention(params: dict[str, Tensor], x: Tensor, prep: _Prepared, config: LlamaConfig) -> Tensor:
     c, b, t, d = x.shape
     heads, hd = config.heads, config.head_dim
-    qkv = _linear(x, params["wqkv"]).view(c, b, t, 3, heads, hd)
-    qk = _rope_qk(qkv[:, :, :, :2], prep.cos, prep.sin)
+    # q/k and v from two matmuls on row blocks of wqkv: slicing one qkv output would cost a
+    # zero-filled full-size tensor per slice in every backward pass (and under double backward)
+    w = params["wqkv"]
+    qk = _rope_qk(_linear(x, w[:, : 2 * d]).view(c, b, t, 2, heads, hd), prep.cos, prep.sin)
     q, k = (qk[:, :, :, i].transpose(2, 3).reshape(c * b, heads, t, hd) for i in (0, 1))
-    v = qkv[:, :, :, 2].transpose(2, 3).reshape(c * b, heads, t, hd)
+    v = _linear(x, w[:, 2 * d :]).view(c, b, t, heads, hd).transpose(2, 3).reshape(c * b, heads, t, hd)
     out = attend(q, k, v, prep.allowed, scale=1.0)  # [C*B, H, T, hd]
     return _linear(out.view(c, b, heads, t, hd).transpose(2, 3).reshape(c, b, t, d), params["wo"])
 
