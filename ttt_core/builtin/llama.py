@@ -5,8 +5,10 @@ hidden states on request, and exposes its blocks so recurrence schemes can run t
 
 Every block runs through one functional path, `block_forward(params, x)`, where each parameter and
 the input carry a leading "cell" dim C: C different layers applied to C different inputs with one
-batched matmul per projection. `LlamaBlock.forward` is that path with C = 1, so the diagonal-batching
-scheduler (several (layer, segment) cells at once) and the sequential reference agree exactly.
+batched matmul per projection (a plain matmul over `[B*T, d]` when C = 1). `LlamaBlock.forward` is that
+path with C = 1, so the diagonal-batching scheduler (several (layer, segment) cells at once) and the
+sequential reference agree to float rounding. `Llama.forward` builds the mask and RoPE tables once
+and runs its blocks through the same internal `_block`.
 
 Block parameters are plain tensors in `nn.Linear` layout (`[out, in]`):
 `attn_norm [d]`, `wqkv [3d, d]`, `wo [d, d]`, `mlp_norm [d]`, `w_gate_up [2h, d]`, `w_down [d, h]`.
