@@ -1,14 +1,21 @@
-"""Training samples/s of the baseline model (4L/4H/128, 8 memory tokens, K=2, batch 64) per grad mode.
+"""Training samples/s of the baseline model (4L/4H/128, 8 memory tokens, K=2, batch 64) per grad mode,
+ours side by side with a straightforward Hugging Face transformers implementation (issue #3).
 
-    python bench/train_throughput.py [--threads N] [--steps S] [--profile]
+    python bench/train_throughput.py [--threads N] [--steps S] [--profile] [--no-hf]
 
-Prints one row per grad mode; `--profile` adds torch.profiler's top operators for one second-order step.
+Both models train on the same batches; their steps are interleaved (ours, HF, ours, HF, ...) so that
+load from other processes hits both alike, and samples/s is batch / median step time. The HF row
+needs `pip install transformers` (a bench-only dependency); without it the row is skipped.
+`--profile` prints where one second-order step of ours spends its time: the ranges
+`ttt.inner.forward`, `ttt.inner.backward`, `ttt.read`, `outer.backward` and the top operators.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -16,9 +23,13 @@ from ttt_core.recipe import load_recipe
 from ttt_core.train.build import build
 from ttt_core.train.trainer import step_loss
 
+Step = Callable[[int], None]
 
-def samples_per_second(mode: str, steps: int, recipe_path: str, batch: int) -> float:
-    recipe = load_recipe(recipe_path, [f"inner.grad_mode='{mode}'", "inner.steps=2", f"train.batch_size={batch}"])
+
+def ours_step(mode: str, recipe_path: str, batch: int, overrides: tuple[str, ...] = ()) -> tuple[Step, object]:
+    recipe = load_recipe(
+        recipe_path, [f"inner.grad_mode='{mode}'", "inner.steps=2", f"train.batch_size={batch}", *overrides]
+    )
     built = build(recipe)
 
     def step(i: int) -> None:
@@ -26,35 +37,98 @@ def samples_per_second(mode: str, steps: int, recipe_path: str, batch: int) -> f
         loss.backward()
         built.optimizer.step(i)
 
-    step(0)  # warm-up
-    start = time.perf_counter()
-    for i in range(steps):
-        step(i + 1)
-    return steps * batch / (time.perf_counter() - start)
+    return step, built
+
+
+def hf_step(mode: str, task, vocab_size: int, batch: int) -> Step | None:
+    try:
+        from hf_reference import build_hf
+    except ImportError:  # run as a module or from elsewhere
+        try:
+            from bench.hf_reference import build_hf
+        except ImportError:
+            return None
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return None
+    model, optimizer = build_hf(vocab_size, mode)
+    model.train()
+
+    def step(i: int) -> None:
+        loss = model(task.train_batch(i, batch))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def time_interleaved(steps: dict[str, Step], rounds: int) -> dict[str, float]:
+    """Median seconds per step of each, measured in alternation after one warm-up step each."""
+    for step in steps.values():
+        step(0)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for i in range(rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step(i + 1)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def profile_ours(recipe_path: str, batch: int, rows: int = 20) -> None:
+    from torch.profiler import profile, record_function
+
+    step, built = ours_step("second", recipe_path, batch)
+    step(0)
+    with profile() as prof:
+        loss, _ = step_loss(built.model, built.task.train_batch(1, batch))
+        with record_function("outer.backward"):
+            loss.backward()
+    averages = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in averages)
+    print(f"\nprofile of one second-order step (ours): {total / 1e3:.0f} ms of CPU self time")
+    for name in ("ttt.inner.forward", "ttt.inner.backward", "ttt.read", "outer.backward"):
+        events = [e for e in averages if e.key == name]
+        if events:
+            print(f"  {name:20s} {events[0].cpu_time_total / 1e3:8.1f} ms  ({events[0].count} calls)")
+    print(averages.table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per model and mode")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--recipe", default="recipes/baseline_ar_n1.toml")
+    parser.add_argument("--modes", default="second,first")
+    parser.add_argument("--no-hf", action="store_true", help="skip the Hugging Face reference")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="recipe override for ours, e.g. backbone.mlp_ratio=2.6667 (GPT-NeoX's MLP FLOPs)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, K=2, {args.recipe}")
-    print("| grad mode | samples/s |\n|---|---|")
-    for mode in ("second", "first"):
-        print(f"| {mode} | {samples_per_second(mode, args.steps, args.recipe, args.batch):.1f} |")
+    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, K=2, {args.recipe} {' '.join(args.set)}")
+    rows = []
+    for mode in args.modes.split(","):
+        torch.manual_seed(0)
+        ours, built = ours_step(mode, args.recipe, args.batch, tuple(args.set))
+        steps = {"ours": ours}
+        hf = None if args.no_hf else hf_step(mode, built.task, built.model.backbone.vocab_size, args.batch)
+        if hf is not None:
+            steps["hf"] = hf
+        seconds = time_interleaved(steps, args.steps)
+        rows.append((mode, {name: args.batch / s for name, s in seconds.items()}))
+    print("| grad mode | ours samples/s | HF samples/s | ours / HF |\n|---|---|---|---|")
+    for mode, rate in rows:
+        if "hf" in rate:
+            print(f"| {mode} | {rate['ours']:.1f} | {rate['hf']:.1f} | {rate['ours'] / rate['hf']:.2f}x |")
+        else:
+            print(f"| {mode} | {rate['ours']:.1f} | skipped (pip install transformers) | |")
     if args.profile:
-        from torch.profiler import profile
-
-        recipe = load_recipe(args.recipe, ["inner.grad_mode='second'"])
-        built = build(recipe)
-        with profile() as prof:
-            loss, _ = step_loss(built.model, built.task.train_batch(0, args.batch))
-            loss.backward()
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+        profile_ours(args.recipe, args.batch)
 
 
 if __name__ == "__main__":

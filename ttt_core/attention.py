@@ -48,30 +48,41 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = 
         raise ValueError(f"causal_attention needs as many keys as queries, got {k.shape[-2]} vs {t}")
     # Flatten leading dims to one batch dim: the fused kernels want 4-D inputs.
     q, k, v = (x.reshape(-1, heads, t, hd) for x in (q, k, v))
-    allowed = None if key_mask is None else _allowed(key_mask.expand(*lead, t).reshape(-1, t))
+    allowed = None if key_mask is None else allowed_keys(key_mask.expand(*lead, t).reshape(-1, t))
+    return attend(q, k, v, allowed).reshape(*lead, heads, t, hd)
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, scale: float | None = None) -> Tensor:
+    """Attention over 4-D `[N, H, T, hd]` inputs with a precomputed `allowed` mask (`allowed_keys`,
+    or None for plain causal), so a caller running several layers builds the mask once. `scale`
+    defaults to `hd ** -0.5`; pass 1.0 when `q` is already scaled."""
     if graph_kept():
-        out = _math_attention(q, k, v, allowed)
-    elif allowed is None:
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    else:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
-    return out.reshape(*lead, heads, t, hd)
+        return _math_attention(q, k, v, allowed, scale)
+    if allowed is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale)
 
 
-def _allowed(key_mask: Tensor) -> Tensor:
-    """`[N, 1, T, T]` bool: causal, real keys only, and always the diagonal."""
+def allowed_keys(key_mask: Tensor) -> Tensor:
+    """`[N, 1, T, T]` bool from a `[N, T]` key mask: causal, real keys only, and always the diagonal."""
     t = key_mask.shape[-1]
     causal = torch.ones(t, t, dtype=torch.bool, device=key_mask.device).tril()
     diagonal = torch.eye(t, dtype=torch.bool, device=key_mask.device)
     return (causal & key_mask[:, None, None, :].bool()) | diagonal
 
 
-def _math_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None) -> Tensor:
-    """Plain matmul/softmax attention: slower, but every op has a double backward."""
+def _math_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, scale: float | None = None) -> Tensor:
+    """Plain matmul/softmax attention: slower, but every op has a double backward.
+
+    The mask is added as a 0 / -inf bias (no grad), which costs no op in the backward passes,
+    unlike `masked_fill`; the scale is skipped when it is 1 (the caller folded it into `q`)."""
     t = q.shape[-2]
     if allowed is None:
         allowed = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
-    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
-    scores = scores.masked_fill(~allowed, float("-inf"))
-    probs = scores.softmax(-1, dtype=torch.promote_types(scores.dtype, torch.float32))
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = q @ k.transpose(-2, -1)
+    if scale != 1.0:
+        scores = scores * scale
+    bias = torch.zeros(allowed.shape, dtype=scores.dtype, device=scores.device).masked_fill_(~allowed, float("-inf"))
+    probs = (scores + bias).softmax(-1, dtype=torch.promote_types(scores.dtype, torch.float32))
     return probs.to(v.dtype) @ v

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from ttt_core.attention import keep_graph
 from ttt_core.config import InnerConfig
@@ -132,18 +133,20 @@ class InnerLoop(nn.Module):
         for step in range(config.steps):
             create_graph = self.create_graph(step)
             with keep_graph() if create_graph else contextlib.nullcontext():
-                per_example = loss_fn(state)
+                with record_function("ttt.inner.forward"):
+                    per_example = loss_fn(state)
                 if config.outer_weight:
                     outer_terms.append(per_example.mean())
                 if config.stability:
                     drift = [state[k] - initial[k] for k in keys]
                     per_example = per_example + config.stability * per_example_sq_norm(drift)
-                grads = torch.autograd.grad(
-                    per_example.sum(),
-                    [state[k] for k in keys],
-                    create_graph=create_graph,
-                    retain_graph=create_graph or bool(config.outer_weight),
-                )
+                with record_function("ttt.inner.backward"):
+                    grads = torch.autograd.grad(
+                        per_example.sum(),
+                        [state[k] for k in keys],
+                        create_graph=create_graph,
+                        retain_graph=create_graph or bool(config.outer_weight),
+                    )
             if not create_graph:
                 grads = tuple(g.detach() for g in grads)
             grads = clip_per_example(list(grads), config)

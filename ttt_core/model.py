@@ -5,6 +5,7 @@ from __future__ import annotations
 import attrs
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from ttt_core.episode import Episode, Segment
 from ttt_core.inner import InnerLoop
@@ -46,7 +47,8 @@ class MetaModel(nn.Module):
         return self.inner(lambda s: self.learner.inner_loss(s, segment), state)
 
     def read(self, state: State, ids: Tensor, mask: Tensor, context: Segment | None = None) -> Tensor:
-        return self.learner(state, ids, mask, context)
+        with record_function("ttt.read"):  # a named range in torch.profiler traces; ~free otherwise
+            return self.learner(state, ids, mask, context)
 
     def forward(self, episode: Episode) -> ReadOutput:
         return self.recurrence(self, episode)

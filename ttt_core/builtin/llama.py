@@ -5,8 +5,10 @@ hidden states on request, and exposes its blocks so recurrence schemes can run t
 
 Every block runs through one functional path, `block_forward(params, x)`, where each parameter and
 the input carry a leading "cell" dim C: C different layers applied to C different inputs with one
-batched matmul per projection. `LlamaBlock.forward` is that path with C = 1, so the diagonal-batching
-scheduler (several (layer, segment) cells at once) and the sequential reference agree exactly.
+batched matmul per projection (a plain matmul over `[B*T, d]` when C = 1). `LlamaBlock.forward` is that
+path with C = 1, so the diagonal-batching scheduler (several (layer, segment) cells at once) and the
+sequential reference agree to float rounding. `Llama.forward` builds the mask and RoPE tables once
+and runs its blocks through the same internal `_block`.
 
 Block parameters are plain tensors in `nn.Linear` layout (`[out, in]`):
 `attn_norm [d]`, `wqkv [3d, d]`, `wo [d, d]`, `mlp_norm [d]`, `w_gate_up [2h, d]`, `w_down [d, h]`.
@@ -21,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ttt_core.attention import causal_attention
+from ttt_core.attention import allowed_keys, attend
 from ttt_core.builtin.configs import LlamaConfig
 
 
@@ -56,8 +58,11 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 def _linear(x: Tensor, weight: Tensor) -> Tensor:
-    """x `[C, B, T, in]` times per-cell weight `[C, out, in]`: one bmm for all cells."""
+    """x `[C, B, T, in]` times per-cell weight `[C, out, in]`. One cell (every plain forward) is a
+    single matmul over `[B*T, in]`; several cells are one bmm."""
     c, b, t, d_in = x.shape
+    if c == 1 and weight.shape[0] == 1:
+        return F.linear(x, weight[0])
     return torch.bmm(x.reshape(c, b * t, d_in), weight.transpose(1, 2)).view(c, b, t, -1)
 
 
@@ -66,18 +71,82 @@ def _cell(weight: Tensor) -> Tensor:
     return weight[:, None, None, :]
 
 
-def _attention(params: dict[str, Tensor], x: Tensor, mask: Tensor | None, positions: Tensor, config: LlamaConfig) -> Tensor:
+class _Prepared(NamedTuple):
+    """What every block of one forward shares: attention mask and RoPE tables (built once)."""
+
+    allowed: Tensor | None  # [C*B, 1, T, T] bool, or None: plain causal
+    cos: Tensor  # [..., T, 2, 1, hd]: q (pre-scaled by hd**-0.5) and k
+    sin: Tensor  # the same, sign of the first half flipped (see `_rope_qk`)
+
+
+_TABLES: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+
+def _qk_tables(positions: Tensor, config: LlamaConfig, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """RoPE cos / signed sin for q and k together, `[..., T, 2, 1, hd]`, with the attention scale
+    folded into q's half: one rotation of the joint q/k tensor, and no multiply of the scores."""
+    hd = config.head_dim
+    cos, sin = rope(positions, hd, config.rope_theta, torch.float32)  # [..., 1, T, hd]
+    cos, sin = cos.squeeze(-3)[..., None, None, :], sin.squeeze(-3)[..., None, None, :]
+    scale = torch.tensor([hd**-0.5, 1.0], device=positions.device).view(2, 1, 1)
+    sign = torch.ones(hd, device=positions.device)
+    sign[: hd // 2] = -1
+    return (cos * scale).to(dtype), (sin * sign * scale).to(dtype)
+
+
+def _cached_qk_tables(t: int, config: LlamaConfig, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Tables for positions arange(T), built once per (T, dtype, device, head_dim, theta)."""
+    key = (t, config.head_dim, config.rope_theta, dtype, str(device))
+    if key not in _TABLES:
+        # normal tensors even when first built under inference mode (they are reused with autograd)
+        with torch.inference_mode(False), torch.no_grad():
+            if len(_TABLES) > 64:
+                _TABLES.clear()
+            _TABLES[key] = _qk_tables(torch.arange(t, device=device), config, dtype)
+    return _TABLES[key]
+
+
+def _prepare(x: Tensor, mask: Tensor | None, positions: Tensor | None, config: LlamaConfig) -> _Prepared:
+    c, b, t, _ = x.shape
+    allowed = None if mask is None else allowed_keys(mask.expand(c, b, t).reshape(-1, t))
+    if positions is None:
+        cos, sin = _cached_qk_tables(t, config, x.dtype, x.device)
+    else:
+        cos, sin = _qk_tables(positions, config, x.dtype)
+    return _Prepared(allowed, cos, sin)
+
+
+def _rope_qk(qk: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """`apply_rope` on q and k at once, `qk` `[C, B, T, 2, H, hd]`; `sin` carries the sign of the
+    rotation, so rotating is one flip of the two halves (fewer ops under double backward)."""
+    *lead, hd = qk.shape
+    swapped = qk.view(*lead, 2, hd // 2).flip(-2).view(*lead, hd)
+    return qk * cos + swapped * sin
+
+
+def _attention(params: dict[str, Tensor], x: Tensor, prep: _Prepared, config: LlamaConfig) -> Tensor:
     c, b, t, d = x.shape
-    qkv = _linear(x, params["wqkv"]).view(c, b, t, 3, config.heads, config.head_dim)
-    q, k, v = qkv.permute(3, 0, 1, 4, 2, 5)  # each [C, B, H, T, hd]
-    cos, sin = rope(positions, config.head_dim, config.rope_theta, x.dtype)
-    out = causal_attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, mask)
-    return _linear(out.transpose(2, 3).reshape(c, b, t, d), params["wo"])
+    heads, hd = config.heads, config.head_dim
+    # q/k and v from two matmuls on row blocks of wqkv: slicing one qkv output would cost a
+    # zero-filled full-size tensor per slice in every backward pass (and under double backward)
+    w = params["wqkv"]
+    qk = _rope_qk(_linear(x, w[:, : 2 * d]).view(c, b, t, 2, heads, hd), prep.cos, prep.sin)
+    q, k = (qk[:, :, :, i].transpose(2, 3).reshape(c * b, heads, t, hd) for i in (0, 1))
+    v = _linear(x, w[:, 2 * d :]).view(c, b, t, heads, hd).transpose(2, 3).reshape(c * b, heads, t, hd)
+    out = attend(q, k, v, prep.allowed, scale=1.0)  # [C*B, H, T, hd]
+    return _linear(out.view(c, b, heads, t, hd).transpose(2, 3).reshape(c, b, t, d), params["wo"])
 
 
 def _mlp(params: dict[str, Tensor], x: Tensor) -> Tensor:
-    gate, up = _linear(x, params["w_gate_up"]).chunk(2, dim=-1)
-    return _linear(F.silu(gate) * up, params["w_down"])
+    # gate and up as two matmuls on the halves of w_gate_up: contiguous outputs, whose many
+    # elementwise ops under double backward run faster than on strided chunks of one output
+    w, h = params["w_gate_up"], params["w_down"].shape[-1]
+    return _linear(F.silu(_linear(x, w[:, :h])) * _linear(x, w[:, h:]), params["w_down"])
+
+
+def _block(params: dict[str, Tensor], x: Tensor, prep: _Prepared, config: LlamaConfig) -> Tensor:
+    h = x + _attention(params, rms_norm(x, _cell(params["attn_norm"]), config.norm_eps), prep, config)
+    return h + _mlp(params, rms_norm(h, _cell(params["mlp_norm"]), config.norm_eps))
 
 
 def block_forward(
@@ -94,10 +163,7 @@ def block_forward(
     `mask` is `[C, B, T]` bool (True = real token) or anything broadcastable to it; `positions`
     (RoPE) is `[T]`, `[B, T]` or `[C, B, T]` and defaults to `arange(T)`.
     """
-    if positions is None:
-        positions = torch.arange(x.shape[2], device=x.device)
-    h = x + _attention(params, rms_norm(x, _cell(params["attn_norm"]), config.norm_eps), mask, positions, config)
-    return h + _mlp(params, rms_norm(h, _cell(params["mlp_norm"]), config.norm_eps))
+    return _block(params, x, _prepare(x, mask, positions, config), config)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,9 +189,12 @@ class LlamaBlock(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None = None, positions: Tensor | None = None) -> Tensor:
         """x `[B, T, d]`, mask `[B, T]` bool, positions `[T]` or `[B, T]` -> `[B, T, d]`."""
-        params = {name: p.unsqueeze(0) for name, p in self.named_parameters()}
         mask = None if mask is None else mask.unsqueeze(0)
-        return block_forward(params, x.unsqueeze(0), mask, positions, config=self.config)[0]
+        return block_forward(self.cell_params(), x.unsqueeze(0), mask, positions, config=self.config)[0]
+
+    def cell_params(self) -> dict[str, Tensor]:
+        """This block's parameters with a cell dim of 1, for `block_forward`."""
+        return {name: p.unsqueeze(0) for name, p in self.named_parameters()}
 
 
 class Llama(nn.Module):
@@ -179,11 +248,12 @@ class Llama(nn.Module):
         Prefixes (memory tokens) are simply concatenated to `embeds`; positions default to arange(T)
         over the whole sequence. With left padding pass positions that start at the first real token.
         """
-        x, hidden = embeds, [embeds]
+        x, hidden = embeds.unsqueeze(0), [embeds]
+        prep = _prepare(x, None if mask is None else mask.unsqueeze(0), positions, self.config)  # once for all layers
         for layer in self.layers:
-            x = layer(x, mask, positions)
-            hidden.append(x)
-        return BackboneOutput(self.head(x), tuple(hidden) if return_hidden else None)
+            x = _block(layer.cell_params(), x, prep, self.config)
+            hidden.append(x[0])
+        return BackboneOutput(self.head(x[0]), tuple(hidden) if return_hidden else None)
 
     def stacked_layer_params(self, indices: Tensor | list[int] | None = None) -> dict[str, Tensor]:
         """Parameters of the chosen layers stacked along a new leading dim (differentiable)."""

@@ -41,7 +41,9 @@ class MemoryTokens(nn.Module, InnerLearner):
         context_emb = None if context is None else self.backbone.embed(context.ids)
         context_mask = None if context is None else context.mask
         memory = self.writer(writer_state(state), state["memory"], context_emb, context_mask)
-        embeds = torch.cat([memory, self.backbone.embed(ids)], dim=1)
+        # the inner loss runs on the context itself: embed it once, not once for the writer and again here
+        ids_emb = context_emb if context is not None and ids is context.ids else self.backbone.embed(ids)
+        embeds = torch.cat([memory, ids_emb], dim=1)
         full_mask = torch.cat([mask.new_ones(mask.shape[0], self.tokens), mask], dim=1)
         return self.backbone(embeds, full_mask).logits
 
