@@ -48,6 +48,14 @@ def test_slot_with_new_name_is_replaced():
     assert same["memory"]["writer"] == {"name": "cross_attention", "heads": 4, "dropout": 0.1}
 
 
+def test_set_of_a_new_name_replaces_the_slot():
+    base = {"recurrence": {"name": "single", "split": "whole"}, "train": {"steps": 1}}
+    swapped = apply_overrides(base, ["recurrence.name='rmt4'", "recurrence.segmenting='task'"])
+    assert swapped == {"recurrence": {"name": "rmt4", "segmenting": "task"}, "train": {"steps": 1}}
+    same = apply_overrides(base, ["recurrence.name='single'"])
+    assert same["recurrence"] == {"name": "single", "split": "whole"}
+
+
 def test_extends_cycle(write):
     write("a.toml", 'extends = ["b.toml"]\n')
     b = write("b.toml", 'extends = ["c.toml"]\n')

@@ -364,6 +364,8 @@ def _set_path(data: dict[str, Any], keys: list[str], value: Any) -> None:
         if not isinstance(child, dict):
             raise RecipeError(f"cannot set {'.'.join(keys)}: '{'.'.join(keys[: i + 1])}' is not a table")
         node = child
+    if keys[-1] == "name" and node.get("name", value) != value:
+        node.clear()  # a slot whose component changes is replaced, as with `extends`; later --set fill it
     node[keys[-1]] = value
 
 
