@@ -160,6 +160,34 @@ class Task(ABC):
         """Decoded text of one sample, for `ttt data`."""
 
 
+class IndexedTask(Task):
+    """A task whose samples are addressed by (split, index): implement `batch` and `split_size`,
+    and the training stream and the held-out batches follow (both built-in tasks use it)."""
+
+    @abstractmethod
+    def batch(self, split: str, indices: range) -> Episode:
+        """The samples `indices` of `split`, collated into one episode."""
+
+    @abstractmethod
+    def split_size(self, split: str) -> int | None:
+        """Samples in `split`; None for an endless one."""
+
+    def train_batch(self, step: int, batch_size: int) -> Episode:
+        return self.batch("train", range(step * batch_size, (step + 1) * batch_size))
+
+    def eval_batches(self, split: str, samples: int | None, batch_size: int) -> Iterator[Episode]:
+        """The first `samples` of `split` (all if None) in order; the last batch may be smaller."""
+        size = self.split_size(split)
+        if size is None:
+            raise ValueError(f"the {split} split is endless; evaluate on val or test")
+        if samples is not None:
+            if samples > size:
+                raise ValueError(f"{split}: {samples} samples asked but the {split} set has {size}")
+            size = samples
+        for start in range(0, size, batch_size):
+            yield self.batch(split, range(start, min(start + batch_size, size)))
+
+
 class OuterOptimizer(ABC):
     """The meta-learner. Context: ``model: MetaModel``, ``total_steps: int``.
 

@@ -26,14 +26,14 @@ from __future__ import annotations
 import json
 import random
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import attrs
 from torch import Tensor
 
 from ttt_core.builtin.task_config import PAIR_OVERHEAD, ARConfig
-from ttt_core.interfaces import Task
+from ttt_core.interfaces import IndexedTask
 from ttt_core.episode import Episode, Segment
 from ttt_core.tokenizer import ALPHANUMERIC, CharTokenizer
 
@@ -250,7 +250,7 @@ def _pyarrow(path: Path):
 # The task: config + tokenizer + splits
 
 
-class AssociativeRetrieval(Task):
+class AssociativeRetrieval(IndexedTask):
     """Samples, batches and metric of one `ARConfig`; splits come from `config.path` or the generator."""
 
     def __init__(self, config: ARConfig, tokenizer: CharTokenizer | None = None) -> None:
@@ -290,20 +290,6 @@ class AssociativeRetrieval(Task):
 
     def batch(self, split: str, indices: Iterable[int]) -> Episode:
         return collate([self.sample(split, i) for i in indices], self.tokenizer)
-
-    def train_batch(self, step: int, batch_size: int) -> Episode:
-        """Batch `step` of the endless training stream: samples step*B .. step*B + B - 1."""
-        return self.batch("train", range(step * batch_size, (step + 1) * batch_size))
-
-    def eval_batches(self, split: str, samples: int | None, batch_size: int) -> Iterator[Episode]:
-        """The first `samples` of the val or test set (all if None) in order; the last batch may be smaller."""
-        size = self.split_size(split)
-        if samples is not None:
-            if samples > size:
-                raise ValueError(f"{split}: {samples} samples asked but the {split} set has {size}")
-            size = samples
-        for start in range(0, size, batch_size):
-            yield self.batch(split, range(start, min(start + batch_size, size)))
 
     def metrics(self, answer_logits: Tensor, episode: Episode) -> dict[str, Tensor]:
         return {"exact_match": exact_match(answer_logits.argmax(-1), episode, self.config.value_len)}

@@ -21,7 +21,6 @@ import bisect
 import itertools
 import math
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -30,11 +29,11 @@ from torch import Tensor
 
 from ttt_core.builtin.lm_config import SPLITS, LMTextConfig
 from ttt_core.episode import Episode, Segment
-from ttt_core.interfaces import Task
+from ttt_core.interfaces import IndexedTask
 from ttt_core.tokenizer import ByteTokenizer
 
 
-class LMText(Task):
+class LMText(IndexedTask):
     """Windows of `seq_len` bytes; see the module docstring."""
 
     headline = "bits_per_byte"
@@ -77,20 +76,6 @@ class LMText(Task):
         query = Segment(torch.full((b, 1), self.tokenizer.bos_id, dtype=torch.long), torch.ones(b, 1, dtype=torch.bool))
         target = Segment(windows, torch.ones_like(windows, dtype=torch.bool))
         return Episode(segments=(empty,), context=empty, query=query, target=target)
-
-    def train_batch(self, step: int, batch_size: int) -> Episode:
-        return self.batch("train", range(step * batch_size, (step + 1) * batch_size))
-
-    def eval_batches(self, split: str, samples: int | None, batch_size: int) -> Iterator[Episode]:
-        size = self.split_size(split)
-        if split == "train":
-            raise ValueError("the train split is endless; evaluate on val or test")
-        if samples is not None:
-            if samples > size:
-                raise ValueError(f"{split}: {samples} samples asked but the {split} set has {size}")
-            size = samples
-        for start in range(0, size, batch_size):
-            yield self.batch(split, range(start, min(start + batch_size, size)))
 
     def metrics(self, answer_logits: Tensor, episode: Episode) -> dict[str, Tensor]:
         target = episode.target
