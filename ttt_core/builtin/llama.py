@@ -79,9 +79,6 @@ class _Prepared(NamedTuple):
     sin: Tensor  # the same, sign of the first half flipped (see `_rope_qk`)
 
 
-_TABLES: dict[tuple, tuple[Tensor, Tensor]] = {}
-
-
 def _qk_tables(positions: Tensor, config: LlamaConfig, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """RoPE cos / signed sin for q and k together, `[..., T, 2, 1, hd]`, with the attention scale
     folded into q's half: one rotation of the joint q/k tensor, and no multiply of the scores."""
@@ -94,24 +91,12 @@ def _qk_tables(positions: Tensor, config: LlamaConfig, dtype: torch.dtype) -> tu
     return (cos * scale).to(dtype), (sin * sign * scale).to(dtype)
 
 
-def _cached_qk_tables(t: int, config: LlamaConfig, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Tables for positions arange(T), built once per (T, dtype, device, head_dim, theta)."""
-    key = (t, config.head_dim, config.rope_theta, dtype, str(device))
-    if key not in _TABLES:
-        # normal tensors even when first built under inference mode (they are reused with autograd)
-        with torch.inference_mode(False), torch.no_grad():
-            if len(_TABLES) > 64:
-                _TABLES.clear()
-            _TABLES[key] = _qk_tables(torch.arange(t, device=device), config, dtype)
-    return _TABLES[key]
-
-
 def _prepare(x: Tensor, mask: Tensor | None, positions: Tensor | None, config: LlamaConfig) -> _Prepared:
     c, b, t, _ = x.shape
     allowed = None if mask is None else allowed_keys(mask.expand(c, b, t).reshape(-1, t))
     if positions is None:
-        cos, sin = _cached_qk_tables(t, config, x.dtype, x.device)
-    else:
+        positions = torch.arange(t, device=x.device)
+    with torch.no_grad():  # constants: built once per forward, shared by every block
         cos, sin = _qk_tables(positions, config, x.dtype)
     return _Prepared(allowed, cos, sin)
 
