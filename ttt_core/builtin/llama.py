@@ -50,13 +50,6 @@ def rope(positions: Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> 
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate pairs (i, i + hd/2) of x `[..., H, T, hd]` (the GPT-NeoX / HF LLaMA convention)."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
-
-
 def _linear(x: Tensor, weight: Tensor) -> Tensor:
     """x `[C, B, T, in]` times per-cell weight `[C, out, in]`. One cell (every plain forward) is a
     single matmul over `[B*T, in]`; several cells are one bmm."""
@@ -102,8 +95,9 @@ def _prepare(x: Tensor, mask: Tensor | None, positions: Tensor | None, config: L
 
 
 def _rope_qk(qk: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """`apply_rope` on q and k at once, `qk` `[C, B, T, 2, H, hd]`; `sin` carries the sign of the
-    rotation, so rotating is one flip of the two halves (fewer ops under double backward)."""
+    """RoPE on q and k at once, `qk` `[C, B, T, 2, H, hd]`: pairs (i, i + hd/2) rotated (the GPT-NeoX /
+    HF LLaMA convention); `sin` carries the sign of the rotation, so rotating is one flip of the two
+    halves (fewer ops under double backward)."""
     *lead, hd = qk.shape
     swapped = qk.view(*lead, 2, hd // 2).flip(-2).view(*lead, hd)
     return qk * cos + swapped * sin

@@ -41,8 +41,7 @@ def finished(directory: Path, steps: int) -> dict[str, Any] | None:
     return report if report.get("steps", 0) >= steps else None
 
 
-def run_stages(recipe: Recipe, run_dir: Path, quiet: bool = False, nproc: int | None = None,
-               train_stage=None) -> dict[str, Any]:
+def run_stages(recipe: Recipe, run_dir: Path, quiet: bool = False, train_stage=None) -> dict[str, Any]:
     """Train every unfinished stage in order; return (and write) the curriculum's report.
 
     `train_stage(recipe, directory)` trains one stage and returns its report (default: the
