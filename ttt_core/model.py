@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import attrs
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.profiler import record_function
@@ -25,6 +26,13 @@ def lm_loss_per_example(logits: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
     losses = F.cross_entropy(logits.transpose(1, 2).float(), ids, reduction="none")
     weights = mask.to(losses.dtype)
     return (losses * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+def prefixed_logits(backbone: nn.Module, prefix: Tensor, embeds: Tensor, mask: Tensor) -> Tensor:
+    """Logits over ``[prefix; embeds]`` ``[B, M + T, V]``: memory tokens read as always-real positions
+    in front of the (right-padded) sequence."""
+    full_mask = torch.cat([mask.new_ones(mask.shape[0], prefix.shape[1]), mask], dim=1)
+    return backbone(torch.cat([prefix, embeds], dim=1), full_mask).logits
 
 
 class MetaModel(nn.Module):

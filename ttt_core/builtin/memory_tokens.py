@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from ttt_core.builtin.configs import MemoryTokensConfig
 from ttt_core.episode import Segment
 from ttt_core.interfaces import InnerLearner, State
-from ttt_core.model import lm_loss_per_example
+from ttt_core.model import lm_loss_per_example, prefixed_logits
 
 WRITER = "writer."
 
@@ -43,9 +43,7 @@ class MemoryTokens(nn.Module, InnerLearner):
         memory = self.writer(writer_state(state), state["memory"], context_emb, context_mask)
         # the inner loss runs on the context itself: embed it once, not once for the writer and again here
         ids_emb = context_emb if context is not None and ids is context.ids else self.backbone.embed(ids)
-        embeds = torch.cat([memory, ids_emb], dim=1)
-        full_mask = torch.cat([mask.new_ones(mask.shape[0], self.tokens), mask], dim=1)
-        return self.backbone(embeds, full_mask).logits
+        return prefixed_logits(self.backbone, memory, ids_emb, mask)
 
     def inner_loss(self, state: State, segment: Segment) -> Tensor:
         # the last memory position predicts the first token; the last token predicts nothing

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ttt_core.episode import Episode, Segment, answer_logits_inputs, gather_answer_logits
 from ttt_core.interfaces import Recurrence
-from ttt_core.model import MetaModel, ReadOutput
+from ttt_core.model import MetaModel, ReadOutput, prefixed_logits
 from ttt_plugin_rmt.rmt_config import RMTConfig
 from ttt_plugin_rmt.segmenting import context_segments, is_truncated, keep_where_empty
 
@@ -51,10 +51,7 @@ class RMT(nn.Module, Recurrence):
 
     def read(self, backbone: nn.Module, memory: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
         """Logits of ``ids`` (position t predicts ids[t + 1]) with the memory at the read positions."""
-        m = memory.shape[1]
-        embeds = torch.cat([memory, backbone.embed(ids)], dim=1)
-        full_mask = torch.cat([mask.new_ones(mask.shape[0], m), mask], dim=1)
-        return backbone(embeds, full_mask).logits[:, m:]
+        return prefixed_logits(backbone, memory, backbone.embed(ids), mask)[:, memory.shape[1] :]
 
     def forward(self, model: MetaModel, episode: Episode) -> ReadOutput:
         backbone, k2 = model.backbone, self.config.k2
