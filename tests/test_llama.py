@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from ttt_core.attention import keep_graph
-from ttt_core.builtin.llama import Llama, LlamaConfig, block_forward
+from ttt_core.builtin.llama import Llama, LlamaConfig, block_forward, block_forward_prefixed, project
 
 TINY = LlamaConfig(layers=3, heads=2, dim=16, mlp_ratio=2.0)
 
@@ -79,6 +79,31 @@ def test_block_forward_runs_different_layers_in_one_call(kept):
         if a is not None:
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
     assert g_batched[names.index("layers.0.wqkv")].abs().sum() > 0
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["own-suffix", "shared-suffix"])
+@pytest.mark.parametrize("kept", [False, True])
+def test_prefixed_block_equals_the_block_on_the_concatenation(kept, shared):
+    """Outputs after a prefix, from a suffix projected once (and shared by the batch), equal the plain
+    block's outputs there; so do the gradients, including second order through the prefix."""
+    m = model()
+    params = m.stacked_layer_params(torch.tensor([1, 0]))
+    prefix = torch.randn(2, 3, 4, 16, requires_grad=True)
+    suffix = torch.randn(2, 1 if shared else 3, 6, 16, requires_grad=True)
+    with keep_graph(kept):
+        plain = block_forward(params, torch.cat([prefix, suffix.expand(2, 3, 6, 16)], 2), config=m.config)[:, :, 4:]
+        prefixed = block_forward_prefixed(params, prefix, project(params, suffix, 4, config=m.config), config=m.config)
+    torch.testing.assert_close(prefixed, plain, atol=1e-6, rtol=1e-6)
+    probe = torch.randn_like(plain)
+    inputs = [prefix, suffix, *params.values()]
+    g_plain = torch.autograd.grad((plain * probe).sum(), inputs, create_graph=kept)
+    g_prefixed = torch.autograd.grad((prefixed * probe).sum(), inputs, create_graph=kept)
+    for a, b in zip(g_prefixed, g_plain):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+    if kept:  # the inner loop's case: the gradient w.r.t. the prefix, differentiated again
+        w = params["wqkv"]
+        second = [torch.autograd.grad(g[0].pow(2).sum(), w, retain_graph=True)[0] for g in (g_prefixed, g_plain)]
+        torch.testing.assert_close(second[0], second[1], atol=1e-5, rtol=1e-5)
 
 
 def test_stacked_layer_params_shapes():

@@ -103,17 +103,30 @@ def _rope_qk(qk: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return qk * cos + swapped * sin
 
 
-def _attention(params: dict[str, Tensor], x: Tensor, prep: _Prepared, config: LlamaConfig) -> Tensor:
+def _qkv(params: dict[str, Tensor], x: Tensor, cos: Tensor, sin: Tensor, config: LlamaConfig) -> tuple[Tensor, Tensor, Tensor]:
+    """Normed input `[C, B, T, d]` -> q (pre-scaled), k, v as `[C, B, H, T, hd]`, RoPE applied."""
     c, b, t, d = x.shape
     heads, hd = config.heads, config.head_dim
     # q/k and v from two matmuls on row blocks of wqkv: slicing one qkv output would cost a
     # zero-filled full-size tensor per slice in every backward pass (and under double backward)
     w = params["wqkv"]
-    qk = _rope_qk(_linear(x, w[:, : 2 * d]).view(c, b, t, 2, heads, hd), prep.cos, prep.sin)
-    q, k = (qk[:, :, :, i].transpose(2, 3).reshape(c * b, heads, t, hd) for i in (0, 1))
-    v = _linear(x, w[:, 2 * d :]).view(c, b, t, heads, hd).transpose(2, 3).reshape(c * b, heads, t, hd)
-    out = attend(q, k, v, prep.allowed, scale=1.0)  # [C*B, H, T, hd]
-    return _linear(out.view(c, b, heads, t, hd).transpose(2, 3).reshape(c, b, t, d), params["wo"])
+    qk = _rope_qk(_linear(x, w[:, : 2 * d]).view(c, b, t, 2, heads, hd), cos, sin)
+    q, k = (qk[:, :, :, i].transpose(2, 3) for i in (0, 1))
+    v = _linear(x, w[:, 2 * d :]).view(c, b, t, heads, hd).transpose(2, 3)
+    return q, k, v
+
+
+def _attend_cells(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, wo: Tensor) -> Tensor:
+    """Attention of `[C, B, H, T, hd]` queries over `[C, B, H, S, hd]` keys/values, then the output
+    projection: `[C, B, T, d]`."""
+    c, b, heads, t, hd = q.shape
+    out = attend(q.reshape(c * b, heads, t, hd), k.reshape(c * b, heads, -1, hd), v.reshape(c * b, heads, -1, hd),
+                 allowed, scale=1.0)
+    return _linear(out.view(c, b, heads, t, hd).transpose(2, 3).reshape(c, b, t, heads * hd), wo)
+
+
+def _attention(params: dict[str, Tensor], x: Tensor, prep: _Prepared, config: LlamaConfig) -> Tensor:
+    return _attend_cells(*_qkv(params, x, prep.cos, prep.sin, config), prep.allowed, params["wo"])
 
 
 def _mlp(params: dict[str, Tensor], x: Tensor) -> Tensor:
@@ -123,9 +136,13 @@ def _mlp(params: dict[str, Tensor], x: Tensor) -> Tensor:
     return _linear(F.silu(_linear(x, w[:, :h])) * _linear(x, w[:, h:]), params["w_down"])
 
 
+def _mlp_residual(params: dict[str, Tensor], h: Tensor, config: LlamaConfig) -> Tensor:
+    return h + _mlp(params, rms_norm(h, _cell(params["mlp_norm"]), config.norm_eps))
+
+
 def _block(params: dict[str, Tensor], x: Tensor, prep: _Prepared, config: LlamaConfig) -> Tensor:
     h = x + _attention(params, rms_norm(x, _cell(params["attn_norm"]), config.norm_eps), prep, config)
-    return h + _mlp(params, rms_norm(h, _cell(params["mlp_norm"]), config.norm_eps))
+    return _mlp_residual(params, h, config)
 
 
 def block_forward(
@@ -143,6 +160,42 @@ def block_forward(
     (RoPE) is `[T]`, `[B, T]` or `[C, B, T]` and defaults to `arange(T)`.
     """
     return _block(params, x, _prepare(x, mask, positions, config), config)
+
+
+class Projected(NamedTuple):
+    """A block input with its queries, keys and values (`project`), computed once and reused by
+    `block_forward_prefixed` under many different prefixes."""
+
+    x: Tensor  # [C, b, T, d]; b may be 1 (shared by every example)
+    q: Tensor  # [C, b, H, T, hd]
+    k: Tensor
+    v: Tensor
+
+
+def project(params: dict[str, Tensor], x: Tensor, offset: int, *, config: LlamaConfig) -> Projected:
+    """Attention projections of x `[C, b, T, d]` sitting at positions offset .. offset + T - 1."""
+    with torch.no_grad():
+        cos, sin = _qk_tables(torch.arange(offset, offset + x.shape[2], device=x.device), config, x.dtype)
+    return Projected(x, *_qkv(params, rms_norm(x, _cell(params["attn_norm"]), config.norm_eps), cos, sin, config))
+
+
+def block_forward_prefixed(params: dict[str, Tensor], prefix: Tensor, suffix: Projected, *, config: LlamaConfig) -> Tensor:
+    """The block's outputs at the suffix positions of `[prefix; suffix]`: `[C, B, T, d]`.
+
+    Equals `block_forward(params, cat([prefix, suffix.x], 2))[:, :, M:]` (causal, no padding mask)
+    for a prefix `[C, B, M, d]` at positions 0 .. M-1, but computes neither the prefix's own outputs
+    (only its keys and values) nor the suffix's projections again, and a suffix with batch 1 is shared
+    by all B examples. PRMT4 runs its memory through a layer this way, where only what follows the
+    memory is compared.
+    """
+    c, b, m, _ = prefix.shape
+    t = suffix.x.shape[2]
+    own = project(params, prefix, 0, config=config)  # its queries go unused: M is small
+    k = torch.cat([own.k, suffix.k.expand(c, b, -1, -1, -1)], dim=3)
+    v = torch.cat([own.v, suffix.v.expand(c, b, -1, -1, -1)], dim=3)
+    allowed = torch.ones(t, m + t, dtype=torch.bool, device=prefix.device).tril(diagonal=m)
+    h = suffix.x + _attend_cells(suffix.q.expand(c, b, -1, -1, -1), k, v, allowed, params["wo"])
+    return _mlp_residual(params, h, config)
 
 
 # ---------------------------------------------------------------------------------------------

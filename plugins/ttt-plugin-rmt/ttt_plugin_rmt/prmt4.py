@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ttt_core.attention import keep_graph
-from ttt_core.builtin.llama import Llama, block_forward
+from ttt_core.builtin.llama import Llama, block_forward_prefixed, project
 from ttt_core.config import InnerConfig
 from ttt_core.errors import TTTError
 from ttt_core.episode import Episode, Segment, answer_logits_inputs, gather_answer_logits
@@ -146,11 +146,16 @@ class PRMT4(nn.Module, Recurrence):
         tokens = self.config.memory_tokens
         widths = [hidden[s].shape[1] for _, s in cells]
         width = max(widths)
-        x = torch.stack([torch.cat([memory[l], _pad_time(hidden[s], width)], dim=1) for l, s in cells])
+        inputs = torch.stack([_pad_time(hidden[s], width) for _, s in cells])
         real = torch.stack([_pad_time(masks[s], width) for _, s in cells])  # [C, B, W]
         # no key mask: memory comes first and padding last, so under causal attention a real position
         # never sees a padded one (padded positions hold finite garbage that nothing real reads)
-        y = block_forward(params, x, config=self.block_config)[:, :, tokens:]
+        y = block_forward_prefixed(
+            params,
+            torch.stack([memory[l] for l, _ in cells]),
+            project(params, inputs, tokens, config=self.block_config),
+            config=self.block_config,
+        )
         for c, (_, s) in enumerate(cells):
             hidden[s] = y[c, :, : widths[c]]
         adapt = [c for c, (_, s) in enumerate(cells) if s != query]
@@ -180,19 +185,21 @@ class PRMT4(nn.Module, Recurrence):
         config = model.inner.config
         cells, batch, width = real.shape
         anchor = torch.stack([memory[l] for l in layers])
-        glob = self.global_tokens[layers.start : layers.stop, :width].unsqueeze(1).expand(-1, batch, -1, -1)
+        # the global tokens' queries, keys and values are the same for every example and inner step
+        glob = project(params, self.global_tokens[layers.start : layers.stop, :width].unsqueeze(1),
+                       self.config.memory_tokens, config=self.block_config)
         stability = self.log_stability[layers.start : layers.stop].exp().view(cells, 1)
         weights = real.to(target.dtype)
         # the target's mean square over real positions: the loss is the relative squared error, so the
         # inner learning rate does not depend on the hidden states' scale (~0.02 at init, grows later)
         scale = ((target.detach().pow(2).mean(-1) * weights).sum(-1) / weights.sum(-1).clamp_min(1.0)).clamp_min(1e-12)
-        rule, tokens = RULES[config.rule], self.config.memory_tokens
+        rule = RULES[config.rule]
         state, buffers = anchor, {}
         for step in range(config.steps):
             create_graph = model.inner.create_graph(step)
             with keep_graph(create_graph):
-                out = block_forward(params, torch.cat([state, glob], dim=2), config=self.block_config)
-                error = ((out[:, :, tokens:] - target).pow(2).mean(-1) * weights).sum(-1)
+                out = block_forward_prefixed(params, state, glob, config=self.block_config)
+                error = ((out - target).pow(2).mean(-1) * weights).sum(-1)
                 mse = error / (weights.sum(-1).clamp_min(1.0) * scale)  # [C, B]: MSE / mean square of target
                 if config.outer_weight:
                     stats.outer.append(mse.mean(1).sum())
