@@ -163,38 +163,47 @@ def block_forward(
 
 
 class Projected(NamedTuple):
-    """A block input with its queries, keys and values (`project`), computed once and reused by
+    """A block input that follows a prefix of `offset` positions, with its queries, keys and values
+    (`project`) and what a prefix needs (RoPE tables, mask), computed once and reused by
     `block_forward_prefixed` under many different prefixes."""
 
     x: Tensor  # [C, b, T, d]; b may be 1 (shared by every example)
     q: Tensor  # [C, b, H, T, hd]
     k: Tensor
     v: Tensor
+    prefix_cos: Tensor  # RoPE tables of positions 0 .. offset-1
+    prefix_sin: Tensor
+    allowed: Tensor  # [T, offset + T] bool: causal over [prefix; x]
 
 
 def project(params: dict[str, Tensor], x: Tensor, offset: int, *, config: LlamaConfig) -> Projected:
     """Attention projections of x `[C, b, T, d]` sitting at positions offset .. offset + T - 1."""
+    t = x.shape[2]
     with torch.no_grad():
-        cos, sin = _qk_tables(torch.arange(offset, offset + x.shape[2], device=x.device), config, x.dtype)
-    return Projected(x, *_qkv(params, rms_norm(x, _cell(params["attn_norm"]), config.norm_eps), cos, sin, config))
+        cos, sin = _qk_tables(torch.arange(offset + t, device=x.device), config, x.dtype)
+        allowed = torch.ones(t, offset + t, dtype=torch.bool, device=x.device).tril(diagonal=offset)
+    normed = rms_norm(x, _cell(params["attn_norm"]), config.norm_eps)
+    q, k, v = _qkv(params, normed, cos[offset:], sin[offset:], config)
+    return Projected(x, q, k, v, cos[:offset], sin[:offset], allowed)
 
 
 def block_forward_prefixed(params: dict[str, Tensor], prefix: Tensor, suffix: Projected, *, config: LlamaConfig) -> Tensor:
     """The block's outputs at the suffix positions of `[prefix; suffix]`: `[C, B, T, d]`.
 
     Equals `block_forward(params, cat([prefix, suffix.x], 2))[:, :, M:]` (causal, no padding mask)
-    for a prefix `[C, B, M, d]` at positions 0 .. M-1, but computes neither the prefix's own outputs
-    (only its keys and values) nor the suffix's projections again, and a suffix with batch 1 is shared
-    by all B examples. PRMT4 runs its memory through a layer this way, where only what follows the
-    memory is compared.
+    for a prefix `[C, B, M, d]` (M = the suffix's offset), but computes neither the prefix's own
+    outputs (only its keys and values) nor the suffix's projections again, and a suffix with batch 1
+    is shared by all B examples. PRMT4 runs its memory through a layer this way, where only what
+    follows the memory is compared.
     """
     c, b, m, _ = prefix.shape
-    t = suffix.x.shape[2]
-    own = project(params, prefix, 0, config=config)  # its queries go unused: M is small
-    k = torch.cat([own.k, suffix.k.expand(c, b, -1, -1, -1)], dim=3)
-    v = torch.cat([own.v, suffix.v.expand(c, b, -1, -1, -1)], dim=3)
-    allowed = torch.ones(t, m + t, dtype=torch.bool, device=prefix.device).tril(diagonal=m)
-    h = suffix.x + _attend_cells(suffix.q.expand(c, b, -1, -1, -1), k, v, allowed, params["wo"])
+    if m != suffix.prefix_cos.shape[0]:
+        raise ValueError(f"the suffix was projected after {suffix.prefix_cos.shape[0]} prefix positions, got {m}")
+    normed = rms_norm(prefix, _cell(params["attn_norm"]), config.norm_eps)
+    _, k, v = _qkv(params, normed, suffix.prefix_cos, suffix.prefix_sin, config)  # its queries go unused: M is small
+    k = torch.cat([k, suffix.k.expand(c, b, -1, -1, -1)], dim=3)
+    v = torch.cat([v, suffix.v.expand(c, b, -1, -1, -1)], dim=3)
+    h = suffix.x + _attend_cells(suffix.q.expand(c, b, -1, -1, -1), k, v, suffix.allowed, params["wo"])
     return _mlp_residual(params, h, config)
 
 
