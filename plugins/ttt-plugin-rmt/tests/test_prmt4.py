@@ -72,10 +72,11 @@ INNER_CONFIGS = {
 }
 
 
+@pytest.mark.parametrize("reconstruct_from", ["global", "shifted"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("inner", INNER_CONFIGS.values(), ids=INNER_CONFIGS.keys())
-def test_diagonal_equals_sequential(inner: InnerConfig, training: bool) -> None:
-    model = make_model(inner).train(training)
+def test_diagonal_equals_sequential(inner: InnerConfig, training: bool, reconstruct_from: str) -> None:
+    model = make_model(inner, reconstruct_from=reconstruct_from).train(training)
     episode = make_episode()
     seq = run(model, episode, "sequential")
     diag = run(model, episode, "diagonal")

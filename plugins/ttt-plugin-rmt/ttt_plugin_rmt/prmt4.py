@@ -164,7 +164,9 @@ class PRMT4(nn.Module, Recurrence):
         a = slice(adapt[0], adapt[-1] + 1)  # the query cell, if any, is the first: the rest is contiguous
         layers = range(cells[adapt[0]][0], cells[adapt[-1]][0] + 1)
         w = max(widths[a])  # the query may be wider than the context segments (and the global tokens)
-        adapted = self._adapt(model, layers, {k: p[a] for k, p in params.items()}, memory, y[a, :, :w], real[a, :, :w], stats)
+        adapted = self._adapt(
+            model, layers, {k: p[a] for k, p in params.items()}, memory, inputs[a, :, :w], y[a, :, :w], real[a, :, :w], stats
+        )
         for layer, m in zip(layers, adapted.unbind(0)):
             memory[layer] = m
 
@@ -174,20 +176,25 @@ class PRMT4(nn.Module, Recurrence):
         layers: range,
         params: dict[str, Tensor],
         memory: list[Tensor],
+        inputs: Tensor,
         target: Tensor,
         real: Tensor,
         stats: _Stats,
     ) -> Tensor:
-        """K inner steps for C cells at once: memory `[C, B, M, d]` reconstructing `target [C, B, W, d]`.
+        """K inner steps for C cells at once: memory `[C, B, M, d]` reconstructing `target [C, B, W, d]`,
+        the layers' outputs for `inputs [C, B, W, d]`.
 
         The state is a fresh stack of the previous memories, so its gradient excludes the path through
         the target (which was computed from the same previous memories)."""
         config = model.inner.config
         cells, batch, width = real.shape
         anchor = torch.stack([memory[l] for l in layers])
-        # the global tokens' queries, keys and values are the same for every example and inner step
-        glob = project(params, self.global_tokens[layers.start : layers.stop, :width].unsqueeze(1),
-                       self.config.memory_tokens, config=self.block_config)
+        stand_in = self.global_tokens[layers.start : layers.stop, :width].unsqueeze(1)  # [C, 1, W, d]
+        if self.config.reconstruct_from == "shifted":
+            stand_in = stand_in + F.pad(inputs, (0, 0, 1, 0))[:, :, :width]  # position i gets input i - 1
+        # the stand-in's queries, keys and values are the same for every inner step (and, for the
+        # global tokens alone, for every example)
+        glob = project(params, stand_in, self.config.memory_tokens, config=self.block_config)
         stability = self.log_stability[layers.start : layers.stop].exp().view(cells, 1)
         weights = real.to(target.dtype)
         # the target's mean square over real positions: the loss is the relative squared error, so the

@@ -18,6 +18,11 @@ class PRMT4Config:
     as many as the longest context segment (a longer segment is an error)."""
     stability: float = attrs.field(default=0.01, validator=positive)
     """Initial per-layer weight of ||mem - previous mem||^2 in the inner loss (learned, kept positive)."""
+    reconstruct_from: str = attrs.field(default="global", validator=one_of("global", "shifted"))
+    """What stands for the segment in the reconstruction pass `layer([m; X])`. global: X = the global
+    tokens (the deck's PRMT4; the write into memory is keyed by position only). shifted: X = global
+    tokens + the layer's input one position back, so position i predicts the layer's output at i
+    from what came before it: the write is keyed by content, as a language-model loss is."""
     init_std: float = attrs.field(default=0.02, validator=positive)
     """Standard deviation of the initial memory and global tokens."""
     schedule: str = attrs.field(default="diagonal", validator=one_of("diagonal", "sequential"))
