@@ -72,11 +72,17 @@ INNER_CONFIGS = {
 }
 
 
-@pytest.mark.parametrize("reconstruct_from", ["global", "shifted"])
+VARIANTS = {
+    "global": {},
+    "shifted-token-lr": {"reconstruct_from": "shifted", "token_lr": True},
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS.values(), ids=VARIANTS.keys())
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("inner", INNER_CONFIGS.values(), ids=INNER_CONFIGS.keys())
-def test_diagonal_equals_sequential(inner: InnerConfig, training: bool, reconstruct_from: str) -> None:
-    model = make_model(inner, reconstruct_from=reconstruct_from).train(training)
+def test_diagonal_equals_sequential(inner: InnerConfig, training: bool, variant: dict) -> None:
+    model = make_model(inner, **variant).train(training)
     episode = make_episode()
     seq = run(model, episode, "sequential")
     diag = run(model, episode, "diagonal")

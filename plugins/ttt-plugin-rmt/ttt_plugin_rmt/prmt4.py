@@ -119,6 +119,9 @@ class PRMT4(nn.Module, Recurrence):
         else:
             self.log_lr = nn.Parameter(log_lr)
         self.log_stability = nn.Parameter(torch.full((layers,), math.log(config.stability)))
+        if config.token_lr:  # gate of each position's error; sigmoid(3) = 0.95 at init
+            self.token_lr_weight = nn.Parameter(torch.zeros(layers, dim))
+            self.token_lr_bias = nn.Parameter(torch.full((layers,), 3.0))
 
     # --- one call: a group of cells (one wave, or a single cell) ---------------------------------
 
@@ -197,9 +200,14 @@ class PRMT4(nn.Module, Recurrence):
         glob = project(params, stand_in, self.config.memory_tokens, config=self.block_config)
         stability = self.log_stability[layers.start : layers.stop].exp().view(cells, 1)
         weights = real.to(target.dtype)
+        count = weights.sum(-1).clamp_min(1.0)
         # the target's mean square over real positions: the loss is the relative squared error, so the
         # inner learning rate does not depend on the hidden states' scale (~0.02 at init, grows later)
-        scale = ((target.detach().pow(2).mean(-1) * weights).sum(-1) / weights.sum(-1).clamp_min(1.0)).clamp_min(1e-12)
+        scale = ((target.detach().pow(2).mean(-1) * weights).sum(-1) / count).clamp_min(1e-12)
+        if self.config.token_lr:
+            normed = target * torch.rsqrt(target.pow(2).mean(-1, keepdim=True) + self.block_config.norm_eps)
+            gate = torch.einsum("cbwd,cd->cbw", normed, self.token_lr_weight[layers.start : layers.stop])
+            weights = weights * torch.sigmoid(gate + self.token_lr_bias[layers.start : layers.stop].view(cells, 1, 1))
         rule = RULES[config.rule]
         state, buffers = anchor, {}
         for step in range(config.steps):
@@ -207,7 +215,7 @@ class PRMT4(nn.Module, Recurrence):
             with keep_graph(create_graph):
                 out = block_forward_prefixed(params, state, glob, config=self.block_config)
                 error = ((out - target).pow(2).mean(-1) * weights).sum(-1)
-                mse = error / (weights.sum(-1).clamp_min(1.0) * scale)  # [C, B]: MSE / mean square of target
+                mse = error / (count * scale)  # [C, B]: MSE / mean square of target
                 if config.outer_weight:
                     stats.outer.append(mse.mean(1).sum())
                 loss = mse + stability * (state - anchor).pow(2).sum((-2, -1))

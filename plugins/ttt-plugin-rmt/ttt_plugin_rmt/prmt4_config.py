@@ -23,6 +23,10 @@ class PRMT4Config:
     tokens (the deck's PRMT4; the write into memory is keyed by position only). shifted: X = global
     tokens + the layer's input one position back, so position i predicts the layer's output at i
     from what came before it: the write is keyed by content, as a language-model loss is."""
+    token_lr: bool = False
+    """Weigh each position's reconstruction error by a learned gate of that position's target,
+    sigmoid(w_l . norm(h_l,i) + b_l) (starting near 1): a per-token inner learning rate, as TTT
+    layers' eta(x), so the outer loop can learn which positions are worth writing into memory."""
     init_std: float = attrs.field(default=0.02, validator=positive)
     """Standard deviation of the initial memory and global tokens."""
     schedule: str = attrs.field(default="diagonal", validator=one_of("diagonal", "sequential"))
