@@ -8,7 +8,9 @@ the input carry a leading "cell" dim C: C different layers applied to C differen
 batched matmul per projection (a plain matmul over `[B*T, d]` when C = 1). `LlamaBlock.forward` is that
 path with C = 1, so the diagonal-batching scheduler (several (layer, segment) cells at once) and the
 sequential reference agree to float rounding. `Llama.forward` builds the mask and RoPE tables once
-and runs its blocks through the same internal `_block`.
+and runs its blocks through the same internal `_block`. `block_forward_prefixed` runs a block on
+`[prefix; x]` for outputs after the prefix only, with x's projections computed once (`project`) and
+reused under many prefixes (PRMT4's memory).
 
 Block parameters are plain tensors in `nn.Linear` layout (`[out, in]`):
 `attn_norm [d]`, `wqkv [3d, d]`, `wo [d, d]`, `mlp_norm [d]`, `w_gate_up [2h, d]`, `w_down [d, h]`.
