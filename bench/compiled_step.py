@@ -1,11 +1,13 @@
 """Does the functional (optionally compiled) outer gradient equal eager `loss.backward()`, and how
 long does compiling it take? (issue #3: compiling the whole second-order step)
 
-    python bench/compiled_step.py [--modes second,first] [--batch 64] [--threads 1] [--no-compile]
+    python bench/compiled_step.py [--modes second,first] [--batch 64] [--threads 1] [--no-compile] [--profile]
 
 Builds the model twice from the same recipe and seed, runs one step's gradient eagerly and through
 `ttt_core.train.functional.FunctionalStep` (uncompiled, then compiled) on the same batches, and prints
 the largest relative error per parameter (max |g - g_eager| / max |g_eager|) and the compile time.
+`--profile` then profiles one more compiled step: the share of the GEMMs (`aten::mm`/`bmm`/`addmm`,
+which inductor leaves to MKL) against the generated C++ kernels.
 """
 
 from __future__ import annotations
@@ -35,7 +37,21 @@ def eager_grads(built, episode) -> tuple[float, dict[str, torch.Tensor]]:
     return float(loss.detach()), {n: p.grad.clone() for n, p in built.model.named_parameters()}
 
 
-def check(mode: str, recipe_path: str, batch: int, compile: bool, batches: int) -> None:
+def profile_step(step: FunctionalStep, episode, rows: int = 15) -> None:
+    from torch.profiler import profile
+
+    step(episode)
+    with profile() as prof:
+        step(episode)
+    averages = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in averages)
+    gemm = sum(e.self_cpu_time_total for e in averages if e.key in ("aten::mm", "aten::bmm", "aten::addmm"))
+    print(f"profile of one compiled step: {total / 1e3:.0f} ms CPU self time, GEMMs {gemm / 1e3:.0f} ms "
+          f"({100 * gemm / total:.0f}%)")
+    print(averages.table(sort_by="self_cpu_time_total", row_limit=rows))
+
+
+def check(mode: str, recipe_path: str, batch: int, compile: bool, batches: int, profile: bool = False) -> None:
     overrides = [f"inner.grad_mode='{mode}'", "inner.steps=2", f"train.batch_size={batch}"]
     eager = build(load_recipe(recipe_path, overrides))
     functional = build(load_recipe(recipe_path, overrides))
@@ -58,6 +74,8 @@ def check(mode: str, recipe_path: str, batch: int, compile: bool, batches: int) 
                 f"max rel grad error {errors[worst]:.2e} ({worst})",
                 flush=True,
             )
+    if profile and compile:
+        profile_step(variants["compiled"], episode)
 
 
 def main() -> None:
@@ -68,10 +86,11 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=2, help="batches checked (the first compiles)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-compile", action="store_true", help="check the uncompiled functional path only")
+    parser.add_argument("--profile", action="store_true", help="profile one compiled step afterwards")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for mode in args.modes.split(","):
-        check(mode, args.recipe, args.batch, not args.no_compile, args.batches)
+        check(mode, args.recipe, args.batch, not args.no_compile, args.batches, args.profile)
 
 
 if __name__ == "__main__":
