@@ -162,7 +162,8 @@ def main() -> None:
         cells = [mode, f"{rate['ours']:.1f}"]
         if compiled:
             cells.append(f"{rate['compiled']:.1f}")
-        cells += [f"{hf:.1f}" if hf else "skipped (pip install transformers)", f"{rate['ours'] / hf:.2f}x" if hf else ""]
+        skipped = "skipped (--no-hf)" if args.no_hf else "skipped (pip install transformers)"
+        cells += [f"{hf:.1f}" if hf else skipped, f"{rate['ours'] / hf:.2f}x" if hf else ""]
         if compiled:
             cells += [f"{rate['compiled'] / hf:.2f}x" if hf else "", f"{rate['compiled'] / rate['ours']:.2f}x"]
         print("| " + " | ".join(cells) + " |")

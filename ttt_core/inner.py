@@ -9,6 +9,10 @@ Grad modes:
                cheap, and the learned inner learning rate still receives a gradient.
     second     full MAML: ``g`` is computed with ``create_graph=True``.
     truncated  second order for the last ``truncate`` steps, first order before them.
+
+With ``InnerLoop.functional`` the step gradients come from ``torch.func.grad`` instead (same values):
+the compiled training step (``ttt_core.train.functional``) is a ``torch.func`` transform that
+``autograd.grad`` does not compose with.
 """
 
 from __future__ import annotations

@@ -21,6 +21,10 @@ from ttt_core.episode import Episode, Segment, answer_loss
 from ttt_core.model import MetaModel, ReadOutput
 
 
+BACKEND = "inductor"
+"""The `torch.compile` backend of `[train] compile` (tests trace with "aot_eager": no C++ to build)."""
+
+
 def parameter_slots(model: torch.nn.Module) -> dict[str, str]:
     """Every distinct (module, attribute) holding a parameter, by its first dotted name, mapped to the
     parameter's own (first) name. Submodules reached by two paths (the learner holds the backbone)
@@ -57,12 +61,14 @@ class FunctionalStep:
     path gives the same results, so evaluation can keep using the model as it is.
     """
 
-    def __init__(self, model: MetaModel, compile: bool = False) -> None:
+    def __init__(self, model: MetaModel, compile: bool = False, backend: str | None = None) -> None:
         self.model = model
         self.slots = parameter_slots(model)
         model.inner.functional = True
         grad = torch.func.grad(self._loss, has_aux=True)
-        self.grad = torch.compile(grad, dynamic=False, fullgraph=True) if compile else grad
+        if compile:
+            grad = torch.compile(grad, backend=backend or BACKEND, dynamic=False, fullgraph=True)
+        self.grad = grad
         self.widths: dict[str, int] = {}
 
     def _loss(self, params: dict[str, Tensor], episode: Episode) -> tuple[Tensor, tuple[Tensor, Tensor, dict[str, Tensor]]]:
