@@ -1,13 +1,16 @@
 """Training samples/s of the baseline model (4L/4H/128, 8 memory tokens, K=2, batch 64) per grad mode,
 ours side by side with a straightforward Hugging Face transformers implementation (issue #3).
 
-    python bench/train_throughput.py [--threads N] [--steps S] [--profile] [--no-hf]
+    python bench/train_throughput.py [--threads N] [--steps S] [--profile] [--no-hf] [--compile]
 
 Both models train on the same batches; their steps are interleaved (ours, HF, ours, HF, ...) so that
 load from other processes hits both alike, and samples/s is batch / median step time. The HF row
 needs `pip install transformers` (a bench-only dependency); without it the row is skipped.
 `--profile` prints where one second-order step of ours spends its time: the ranges
 `ttt.inner.forward`, `ttt.inner.backward`, `ttt.read`, `outer.backward` and the top operators.
+`--compile` adds ours with `[train] compile = true` (the outer gradient as one `torch.compile`d
+functional program, `ttt_core.train.functional`) to the interleaved steps; its compile time (the
+warm-up step) is printed separately and not counted in samples/s.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 
 from ttt_core.recipe import load_recipe
 from ttt_core.train.build import build
+from ttt_core.train.functional import FunctionalStep
 from ttt_core.train.trainer import step_loss
 
 Step = Callable[[int], None]
@@ -38,6 +42,30 @@ def ours_step(mode: str, recipe_path: str, batch: int, overrides: tuple[str, ...
         built.optimizer.step(i)
 
     return step, built
+
+
+def compiled_step(mode: str, recipe_path: str, batch: int, rounds: int, overrides: tuple[str, ...] = ()) -> tuple[Step, float]:
+    """Ours through the compiled functional step, and its compile time (the first step, minus one
+    compiled step). The padding widths are fixed from every batch to be timed first, so that the
+    timed steps never recompile."""
+    recipe = load_recipe(
+        recipe_path, [f"inner.grad_mode='{mode}'", "inner.steps=2", f"train.batch_size={batch}", *overrides]
+    )
+    built = build(recipe)
+    functional = FunctionalStep(built.model, compile=True)
+    for i in range(rounds + 1):
+        functional.pad(built.task.train_batch(i, batch))
+
+    def step(i: int) -> None:
+        functional(built.task.train_batch(i, batch))
+        built.optimizer.step(i)
+
+    start = time.perf_counter()
+    step(0)
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    step(0)
+    return step, first - (time.perf_counter() - start)
 
 
 def hf_step(mode: str, task, vocab_size: int, batch: int) -> Step | None:
@@ -106,6 +134,7 @@ def main() -> None:
     parser.add_argument("--modes", default="second,first")
     parser.add_argument("--no-hf", action="store_true", help="skip the Hugging Face reference")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="add ours with [train] compile = true")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="recipe override for ours, e.g. backbone.mlp_ratio=2.6667 (GPT-NeoX's MLP FLOPs)")
     args = parser.parse_args()
@@ -116,17 +145,28 @@ def main() -> None:
         torch.manual_seed(0)
         ours, built = ours_step(mode, args.recipe, args.batch, tuple(args.set))
         steps = {"ours": ours}
+        if args.compile:
+            steps["compiled"], seconds = compiled_step(mode, args.recipe, args.batch, args.steps, tuple(args.set))
+            print(f"{mode}: compile time {seconds:.0f} s", flush=True)
         hf = None if args.no_hf else hf_step(mode, built.task, built.model.backbone.vocab_size, args.batch)
         if hf is not None:
             steps["hf"] = hf
         seconds = time_interleaved(steps, args.steps)
         rows.append((mode, {name: args.batch / s for name, s in seconds.items()}))
-    print("| grad mode | ours samples/s | HF samples/s | ours / HF |\n|---|---|---|---|")
+    compiled = args.compile
+    print("| grad mode | ours samples/s |" + (" ours compiled samples/s |" if compiled else "")
+          + " HF samples/s | ours / HF |" + (" compiled / HF | compiled / ours |" if compiled else ""))
+    print("|---|---|---|---|" + ("---|---|---|" if compiled else ""))
     for mode, rate in rows:
-        if "hf" in rate:
-            print(f"| {mode} | {rate['ours']:.1f} | {rate['hf']:.1f} | {rate['ours'] / rate['hf']:.2f}x |")
-        else:
-            print(f"| {mode} | {rate['ours']:.1f} | skipped (pip install transformers) | |")
+        hf = rate.get("hf")
+        cells = [mode, f"{rate['ours']:.1f}"]
+        if compiled:
+            cells.append(f"{rate['compiled']:.1f}")
+        skipped = "skipped (--no-hf)" if args.no_hf else "skipped (pip install transformers)"
+        cells += [f"{hf:.1f}" if hf else skipped, f"{rate['ours'] / hf:.2f}x" if hf else ""]
+        if compiled:
+            cells += [f"{rate['compiled'] / hf:.2f}x" if hf else "", f"{rate['compiled'] / rate['ours']:.2f}x"]
+        print("| " + " | ".join(cells) + " |")
     if args.profile:
         profile_ours(args.recipe, args.batch)
 

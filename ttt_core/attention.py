@@ -6,6 +6,10 @@ The inner loop therefore enters `keep_graph()` while it computes losses with `cr
 inside it `causal_attention` takes an explicit matmul/softmax path that autograd can differentiate
 any number of times. Outside it the fused kernel runs. A context variable (not a global flag) keeps
 the choice correct across threads and nested calls.
+
+Under `torch.compile` (the functional training step, `ttt_core.train.functional`) the math path is
+always taken: dynamo cannot read or set a context variable, the compiled step differentiates
+through attention twice anyway, and inductor fuses the math path's elementwise work.
 """
 
 from __future__ import annotations
@@ -23,7 +27,11 @@ _KEEP_GRAPH: ContextVar[bool] = ContextVar("ttt_keep_graph", default=False)
 
 @contextmanager
 def keep_graph(enabled: bool = True) -> Iterator[None]:
-    """Within this block attention uses the twice-differentiable math path (or not, if disabled)."""
+    """Within this block attention uses the twice-differentiable math path (or not, if disabled).
+    A no-op while dynamo traces (see the module docstring)."""
+    if torch.compiler.is_compiling():
+        yield
+        return
     token = _KEEP_GRAPH.set(enabled)
     try:
         yield
@@ -32,8 +40,8 @@ def keep_graph(enabled: bool = True) -> Iterator[None]:
 
 
 def graph_kept() -> bool:
-    """Whether the current context asked for double-backward-safe kernels."""
-    return _KEEP_GRAPH.get()
+    """Whether the current context asked for double-backward-safe kernels (always, when compiling)."""
+    return torch.compiler.is_compiling() or _KEEP_GRAPH.get()
 
 
 def causal_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None) -> Tensor:

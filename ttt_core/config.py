@@ -61,6 +61,10 @@ class TrainConfig:
     """CPU threads for torch (None: torch's default)."""
     init_from: str | None = None
     """A checkpoint (file or run directory) whose model weights start this run: curriculum stages."""
+    compile: bool = False
+    """Compute each step's outer gradient as one `torch.compile`d functional program
+    (`ttt_core.train.functional`): inductor fuses the elementwise work of the inner loop's double
+    backward. Single process only; the first steps compile (minutes on CPU)."""
 
 
 @attrs.define

@@ -9,6 +9,10 @@ Grad modes:
                cheap, and the learned inner learning rate still receives a gradient.
     second     full MAML: ``g`` is computed with ``create_graph=True``.
     truncated  second order for the last ``truncate`` steps, first order before them.
+
+With ``InnerLoop.functional`` the step gradients come from ``torch.func.grad`` instead (same values):
+the compiled training step (``ttt_core.train.functional``) is a ``torch.func`` transform that
+``autograd.grad`` does not compose with.
 """
 
 from __future__ import annotations
@@ -98,6 +102,9 @@ class InnerLoop(nn.Module):
             self.register_buffer("log_lr", log_lr)
         else:
             self.log_lr = nn.Parameter(log_lr)  # exp keeps the learning rate positive
+        self.functional = False
+        """Compute step gradients with `torch.func.grad` instead of `torch.autograd.grad`: needed when
+        the outer gradient is itself a `torch.func` transform (`ttt_core.train.functional`)."""
 
     def lr(self, step: int, group: int) -> Tensor:
         position = {"step": step, "group": group}
@@ -118,6 +125,46 @@ class InnerLoop(nn.Module):
         mode, steps = self.config.grad_mode, self.config.steps
         return mode == "second" or (mode == "truncated" and step >= steps - self.config.truncate)
 
+    def _objective(self, loss_fn: LossFn, state: State, initial: State, keys: list[str]) -> tuple[Tensor, Tensor]:
+        """Per-example inner objective ``[B]`` (loss plus stability term) and the plain mean loss."""
+        with record_function("ttt.inner.forward"):
+            per_example = loss_fn(state)
+        outer_term = per_example.mean()
+        if self.config.stability:
+            drift = [state[k] - initial[k] for k in keys]
+            per_example = per_example + self.config.stability * per_example_sq_norm(drift)
+        return per_example, outer_term
+
+    def _autograd_grads(
+        self, loss_fn: LossFn, state: State, initial: State, keys: list[str], create_graph: bool
+    ) -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
+        """One step's gradients by `torch.autograd.grad` (the eager path)."""
+        with keep_graph() if create_graph else contextlib.nullcontext():
+            per_example, outer_term = self._objective(loss_fn, state, initial, keys)
+            with record_function("ttt.inner.backward"):
+                grads = torch.autograd.grad(
+                    per_example.sum(),
+                    [state[k] for k in keys],
+                    create_graph=create_graph,
+                    retain_graph=create_graph or bool(self.config.outer_weight),
+                )
+        return grads, per_example, outer_term
+
+    def _functional_grads(
+        self, loss_fn: LossFn, state: State, initial: State, keys: list[str], create_graph: bool
+    ) -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
+        """The same gradients by `torch.func.grad`, which composes with an outer `torch.func.grad`
+        and `torch.compile` (`autograd.grad` does neither). The graph is always kept: first order
+        detaches the result, so the outer gradient does not flow through it."""
+
+        def objective(s: State) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+            per_example, outer_term = self._objective(loss_fn, s, initial, keys)
+            return per_example.sum(), (per_example, outer_term)
+
+        with keep_graph():
+            grads, (per_example, outer_term) = torch.func.grad(objective, has_aux=True)({k: state[k] for k in keys})
+        return tuple(grads[k] for k in keys), per_example, outer_term
+
     def forward(self, loss_fn: LossFn, state: State) -> tuple[State, dict[str, Tensor]]:
         """Adapt `state` on `loss_fn` (per-example losses ``[B]``); return it and statistics."""
         config = self.config
@@ -132,21 +179,10 @@ class InnerLoop(nn.Module):
         outer_terms = []
         for step in range(config.steps):
             create_graph = self.create_graph(step)
-            with keep_graph() if create_graph else contextlib.nullcontext():
-                with record_function("ttt.inner.forward"):
-                    per_example = loss_fn(state)
-                if config.outer_weight:
-                    outer_terms.append(per_example.mean())
-                if config.stability:
-                    drift = [state[k] - initial[k] for k in keys]
-                    per_example = per_example + config.stability * per_example_sq_norm(drift)
-                with record_function("ttt.inner.backward"):
-                    grads = torch.autograd.grad(
-                        per_example.sum(),
-                        [state[k] for k in keys],
-                        create_graph=create_graph,
-                        retain_graph=create_graph or bool(config.outer_weight),
-                    )
+            step_grad = self._functional_grads if self.functional else self._autograd_grads
+            grads, per_example, outer_term = step_grad(loss_fn, state, initial, keys, create_graph)
+            if config.outer_weight:
+                outer_terms.append(outer_term)
             if not create_graph:
                 grads = tuple(g.detach() for g in grads)
             grads = clip_per_example(list(grads), config)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import attrs
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -12,13 +13,16 @@ from ttt_core.episode import Episode, Segment
 from ttt_core.inner import InnerLoop
 from ttt_core.interfaces import State
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True)
 class ReadOutput:
     """What a recurrence returns: answer logits ``[B, Tt, V]`` (aligned with ``episode.target``,
-    see `ttt_core.episode.answer_logits_inputs`) and inner-loop statistics."""
+    see `ttt_core.episode.answer_logits_inputs`) and inner-loop statistics.
+
+    A frozen dataclass, not attrs: dynamo cannot trace a frozen attrs ``__init__`` (it calls
+    ``object.__setattr__.__get__``), and the compiled training step builds this inside its graph."""
 
     logits: Tensor
-    stats: dict[str, Tensor] = attrs.field(factory=dict)
+    stats: dict[str, Tensor] = dataclasses.field(default_factory=dict)
 
 
 def lm_loss_per_example(logits: Tensor, ids: Tensor, mask: Tensor) -> Tensor:

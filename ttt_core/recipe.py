@@ -467,6 +467,11 @@ def build_recipe(
         problems.extend((name, p) for p in table_problems)
         tables[name] = config
 
+    train, distributed = tables["train"], tables["distributed"]
+    if train is not None and train.compile and distributed is not None and distributed.backend != "none":
+        problems.append(("train", f"compile = true runs the single-process trainer only; the {distributed.backend} "
+                                  "engine steps eagerly (set compile = false, or distributed.backend = \"none\")"))
+
     deepspeed, deepspeed_source, deepspeed_problems = _deepspeed_table(data, tables["distributed"])
     problems.extend(("deepspeed", p) for p in deepspeed_problems)
     if deepspeed is not None and tables["train"] is not None and "optimizer" in components:

@@ -21,9 +21,10 @@ from ttt_core.train.build import build
 from ttt_core.train.checkpoint import load_checkpoint, load_model_state, save_atomic, write_text_atomic
 
 # Options that may change when a run is resumed: they do not change what has been computed so far.
-# (`init_from` only matters when a run starts: a resumed run loads its own checkpoint.)
+# (`init_from` only matters when a run starts: a resumed run loads its own checkpoint; `compile`
+# computes the same gradients, up to float rounding.)
 RESUMABLE_CHANGES = {
-    ("train", k) for k in ("steps", "eval_every", "checkpoint_every", "log_every", "threads", "init_from")
+    ("train", k) for k in ("steps", "eval_every", "checkpoint_every", "log_every", "threads", "init_from", "compile")
 } | {
     ("distributed", "timeout_s")
 }
@@ -142,6 +143,11 @@ class Trainer:
         self.device = pick_device(recipe.train.device)
         built = build(recipe, self.device)
         self.task, self.model, self.optimizer = built.task, built.model, built.optimizer
+        self.functional_step = None
+        if recipe.train.compile:
+            from ttt_core.train.functional import FunctionalStep
+
+            self.functional_step = FunctionalStep(self.model, compile=True)
         self.checkpoint_path = self.run_dir / "checkpoints" / "last.pt"
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.is_main)
         self.step = 0
@@ -204,11 +210,15 @@ class Trainer:
         """One outer step; None if it was skipped for a non-finite loss."""
         train = self.recipe.train
         episode = self.task.train_batch(self.step, train.batch_size).to(self.device)
-        loss, out = step_loss(self.model, episode)
+        if self.functional_step is not None:  # loss and gradients in one compiled call
+            loss, out = self.functional_step(episode)
+        else:
+            loss, out = step_loss(self.model, episode)
         inner = out.stats.get("inner_loss")
         finite = torch.isfinite(loss) and (inner is None or bool(torch.isfinite(inner).all()))
         if finite:
-            loss.backward()
+            if self.functional_step is None:
+                loss.backward()
             stats = self.optimizer.step(self.step)
             finite = math.isfinite(stats["grad_norm"])
         if not finite:

@@ -1,0 +1,104 @@
+"""The outer gradient as one functional transform, optionally compiled (`[train] compile`).
+
+`torch.compile` cannot run a double backward through a compiled graph, so second-order MAML with
+`loss.backward()` stays eager. Written functionally instead (`torch.func.grad` of the outer loss
+over `functional_call`, the inner loop's step gradients by a nested `torch.func.grad`), the whole
+outer gradient, inner double backward included, is one forward program that dynamo traces into a
+single graph and inductor compiles, fusing the elementwise work autograd runs op by op.
+
+Shapes are static (`dynamic=False`): every segment of an episode is right-padded to the widest seen
+so far for its slot, so a task whose batches vary in width by a few tokens compiles once or twice,
+not once per width. Padding is masked out everywhere (causal attention over real keys, masked
+losses), so it changes results by float rounding only.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ttt_core.episode import Episode, Segment, answer_loss
+from ttt_core.model import MetaModel, ReadOutput
+
+
+BACKEND = "inductor"
+"""The `torch.compile` backend of `[train] compile` (tests trace with "aot_eager": no C++ to build)."""
+
+
+def parameter_slots(model: torch.nn.Module) -> dict[str, str]:
+    """Every distinct (module, attribute) holding a parameter, by its first dotted name, mapped to the
+    parameter's own (first) name. Submodules reached by two paths (the learner holds the backbone)
+    appear once, so `functional_call` swaps each attribute once (swapping one twice leaves the
+    module holding the substitute afterwards); tied weights (`tie_embeddings`) on different modules
+    appear once per module, so the substitute reaches every use."""
+    canonical: dict[int, str] = {}
+    slots: dict[tuple[int, str], tuple[str, str]] = {}
+    for prefix, module in model.named_modules(remove_duplicate=False):
+        for attr, param in module._parameters.items():
+            if param is None:
+                continue
+            name = f"{prefix}.{attr}" if prefix else attr
+            canonical.setdefault(id(param), name)
+            slots.setdefault((id(module), attr), (name, canonical[id(param)]))
+    return dict(slots.values())
+
+
+def pad_segment(segment: Segment, width: int) -> Segment:
+    """`segment` right-padded with masked id-0 positions to `width` (no copy when already that wide)."""
+    extra = width - segment.ids.shape[1]
+    if extra <= 0:
+        return segment
+    pad = lambda x: torch.nn.functional.pad(x, (0, extra))  # noqa: E731  zeros: id 0, mask False
+    return Segment(pad(segment.ids), pad(segment.mask))
+
+
+class FunctionalStep:
+    """Outer loss, answer logits, statistics and the gradient of the loss w.r.t. every parameter of
+    `model`, computed by `torch.func.grad` (compiled by `torch.compile` when `compile`).
+
+    Calling it writes the gradients into the parameters' `.grad` (as `loss.backward()` would) and
+    returns `(loss, ReadOutput)`. It switches `model.inner` to its functional path for good; the eager
+    path gives the same results, so evaluation can keep using the model as it is.
+    """
+
+    def __init__(self, model: MetaModel, compile: bool = False, backend: str | None = None) -> None:
+        self.model = model
+        self.slots = parameter_slots(model)
+        model.inner.functional = True
+        grad = torch.func.grad(self._loss, has_aux=True)
+        if compile:
+            grad = torch.compile(grad, backend=backend or BACKEND, dynamic=False, fullgraph=True)
+        self.grad = grad
+        self.widths: dict[str, int] = {}
+
+    def _loss(self, params: dict[str, Tensor], episode: Episode) -> tuple[Tensor, tuple[Tensor, Tensor, dict[str, Tensor]]]:
+        slots = {slot: params[name] for slot, name in self.slots.items()}
+        out = torch.func.functional_call(self.model, slots, (episode,), tie_weights=False)
+        loss = answer_loss(out.logits, episode.target)
+        if "outer_term" in out.stats:
+            loss = loss + self.model.inner.config.outer_weight * out.stats["outer_term"]
+        stats = {k: v for k, v in out.stats.items() if k != "outer_term"}
+        return loss, (loss, out.logits, stats)
+
+    def _pad(self, name: str, segment: Segment) -> Segment:
+        width = self.widths[name] = max(self.widths.get(name, 0), segment.ids.shape[1])
+        return pad_segment(segment, width)
+
+    def pad(self, episode: Episode) -> Episode:
+        """Every segment padded to the widest seen for its slot: few distinct shapes, few compiles."""
+        return Episode(
+            segments=tuple(self._pad(f"segment{i}", s) for i, s in enumerate(episode.segments)),
+            context=self._pad("context", episode.context),
+            query=self._pad("query", episode.query),
+            target=self._pad("target", episode.target),
+        )
+
+    def __call__(self, episode: Episode) -> tuple[Tensor, ReadOutput]:
+        named = dict(self.model.named_parameters())
+        # detached: the transform differentiates them; plain autograd need not record anything
+        grads, (loss, logits, stats) = self.grad({k: p.detach() for k, p in named.items()}, self.pad(episode))
+        for name, param in named.items():
+            param.grad = grads[name]
+        # the target may have been padded: logits for the batch's own target positions only
+        return loss, ReadOutput(logits=logits[:, : episode.target.ids.shape[1]], stats=stats)
+
