@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from ttt_core.episode import Episode, Segment, answer_loss
+from ttt_core.errors import TTTError
 from ttt_core.model import MetaModel, ReadOutput
 
 
@@ -96,7 +97,14 @@ class FunctionalStep:
     def __call__(self, episode: Episode) -> tuple[Tensor, ReadOutput]:
         named = dict(self.model.named_parameters())
         # detached: the transform differentiates them; plain autograd need not record anything
-        grads, (loss, logits, stats) = self.grad({k: p.detach() for k, p in named.items()}, self.pad(episode))
+        try:
+            grads, (loss, logits, stats) = self.grad({k: p.detach() for k, p in named.items()}, self.pad(episode))
+        except torch._dynamo.exc.TorchDynamoException as err:  # e.g. a component calling autograd.grad itself
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise TTTError(
+                f"[train] compile: this model cannot be traced as one functional program ({first}); "
+                "set train.compile = false"
+            ) from err
         for name, param in named.items():
             param.grad = grads[name]
         # the target may have been padded: logits for the batch's own target positions only

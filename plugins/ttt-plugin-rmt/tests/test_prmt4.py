@@ -239,3 +239,12 @@ def test_recipes_build_and_train_one_step() -> None:
     loss = answer_loss(built.model(episode).logits, episode.target)
     loss.backward()
     assert torch.isfinite(loss) and built.model.recurrence.memory.grad.abs().sum() > 0
+
+
+def test_compiled_training_step_is_refused_with_a_clear_error() -> None:
+    """prmt4 runs its own autograd.grad, which dynamo cannot trace: `[train] compile` must say so."""
+    from ttt_core.train.functional import FunctionalStep
+
+    step = FunctionalStep(make_model(), compile=True, backend="aot_eager")
+    with pytest.raises(TTTError, match="set train.compile = false"):
+        step(make_episode())
