@@ -1,7 +1,7 @@
 """Training samples/s of the baseline model (4L/4H/128, 8 memory tokens, K=2, batch 64) per grad mode,
 ours side by side with a straightforward Hugging Face transformers implementation (issue #3).
 
-    python bench/train_throughput.py [--threads N] [--steps S] [--profile] [--no-hf] [--compile]
+    python bench/train_throughput.py [--threads N] [--steps S] [--profile] [--no-hf] [--compile] [--bf16]
 
 Both models train on the same batches; their steps are interleaved (ours, HF, ours, HF, ...) so that
 load from other processes hits both alike, and samples/s is batch / median step time. The HF row
@@ -10,7 +10,9 @@ needs `pip install transformers` (a bench-only dependency); without it the row i
 `ttt.inner.forward`, `ttt.inner.backward`, `ttt.read`, `outer.backward` and the top operators.
 `--compile` adds ours with `[train] compile = true` (the outer gradient as one `torch.compile`d
 functional program, `ttt_core.train.functional`) to the interleaved steps; its compile time (the
-warm-up step) is printed separately and not counted in samples/s.
+warm-up step) is printed separately and not counted in samples/s. `--bf16` adds every model again
+under bfloat16 autocast (ours: `[train] precision = "bf16"`; HF the same way), so each row can be
+read against HF in float32 and HF in the same precision.
 """
 
 from __future__ import annotations
@@ -44,10 +46,10 @@ def ours_step(mode: str, recipe_path: str, batch: int, overrides: tuple[str, ...
     return step, built
 
 
-def compiled_step(mode: str, recipe_path: str, batch: int, rounds: int, overrides: tuple[str, ...] = ()) -> tuple[Step, float]:
-    """Ours through the compiled functional step, and its compile time (the first step, minus one
-    compiled step). The padding widths are fixed from every batch to be timed first, so that the
-    timed steps never recompile."""
+def compiled_step(mode: str, recipe_path: str, batch: int, rounds: int, overrides: tuple[str, ...] = ()) -> Step:
+    """Ours through the compiled functional step. The padding widths are fixed from every batch to
+    be timed first, so that the timed steps never recompile (the first step of each precision
+    compiles)."""
     recipe = load_recipe(
         recipe_path, [f"inner.grad_mode='{mode}'", "inner.steps=2", f"train.batch_size={batch}", *overrides]
     )
@@ -60,12 +62,7 @@ def compiled_step(mode: str, recipe_path: str, batch: int, rounds: int, override
         functional(built.task.train_batch(i, batch))
         built.optimizer.step(i)
 
-    start = time.perf_counter()
-    step(0)
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    step(0)
-    return step, first - (time.perf_counter() - start)
+    return step
 
 
 def hf_step(mode: str, task, vocab_size: int, batch: int) -> Step | None:
@@ -93,17 +90,31 @@ def hf_step(mode: str, task, vocab_size: int, batch: int) -> Step | None:
     return step
 
 
-def time_interleaved(steps: dict[str, Step], rounds: int) -> dict[str, float]:
-    """Median seconds per step of each, measured in alternation after one warm-up step each."""
-    for step in steps.values():
+def in_bf16(step: Step) -> Step:
+    """`step` under bfloat16 autocast (`[train] precision = "bf16"`)."""
+
+    def run(i: int) -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            step(i)
+
+    return run
+
+
+def time_interleaved(steps: dict[str, Step], rounds: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Median seconds per step of each, measured in alternation, and the seconds of each one's
+    untimed warm-up step (compile time for a compiled step)."""
+    warmup = {}
+    for name, step in steps.items():
+        start = time.perf_counter()
         step(0)
+        warmup[name] = time.perf_counter() - start
     times: dict[str, list[float]] = {name: [] for name in steps}
     for i in range(rounds):
         for name, step in steps.items():
             start = time.perf_counter()
             step(i + 1)
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return {name: statistics.median(t) for name, t in times.items()}, warmup
 
 
 def profile_ours(recipe_path: str, batch: int, rows: int = 20) -> None:
@@ -135,38 +146,39 @@ def main() -> None:
     parser.add_argument("--no-hf", action="store_true", help="skip the Hugging Face reference")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--compile", action="store_true", help="add ours with [train] compile = true")
+    parser.add_argument("--bf16", action="store_true",
+                        help="add every model again under bfloat16 autocast ([train] precision = \"bf16\"; HF too)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="recipe override for ours, e.g. backbone.mlp_ratio=2.6667 (GPT-NeoX's MLP FLOPs)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, K=2, {args.recipe} {' '.join(args.set)}")
-    rows = []
+    print("| grad mode | model | precision | samples/s | / HF fp32 | / HF same precision |")
+    print("|---|---|---|---|---|---|")
     for mode in args.modes.split(","):
         torch.manual_seed(0)
         ours, built = ours_step(mode, args.recipe, args.batch, tuple(args.set))
-        steps = {"ours": ours}
+        models = {"ours eager": ours}
         if args.compile:
-            steps["compiled"], seconds = compiled_step(mode, args.recipe, args.batch, args.steps, tuple(args.set))
-            print(f"{mode}: compile time {seconds:.0f} s", flush=True)
+            models["ours compiled"] = compiled_step(mode, args.recipe, args.batch, args.steps, tuple(args.set))
         hf = None if args.no_hf else hf_step(mode, built.task, built.model.backbone.vocab_size, args.batch)
         if hf is not None:
-            steps["hf"] = hf
-        seconds = time_interleaved(steps, args.steps)
-        rows.append((mode, {name: args.batch / s for name, s in seconds.items()}))
-    compiled = args.compile
-    print("| grad mode | ours samples/s |" + (" ours compiled samples/s |" if compiled else "")
-          + " HF samples/s | ours / HF |" + (" compiled / HF | compiled / ours |" if compiled else ""))
-    print("|---|---|---|---|" + ("---|---|---|" if compiled else ""))
-    for mode, rate in rows:
-        hf = rate.get("hf")
-        cells = [mode, f"{rate['ours']:.1f}"]
-        if compiled:
-            cells.append(f"{rate['compiled']:.1f}")
-        skipped = "skipped (--no-hf)" if args.no_hf else "skipped (pip install transformers)"
-        cells += [f"{hf:.1f}" if hf else skipped, f"{rate['ours'] / hf:.2f}x" if hf else ""]
-        if compiled:
-            cells += [f"{rate['compiled'] / hf:.2f}x" if hf else "", f"{rate['compiled'] / rate['ours']:.2f}x"]
-        print("| " + " | ".join(cells) + " |")
+            models["HF"] = hf
+        steps = {(name, "fp32"): step for name, step in models.items()}
+        if args.bf16:
+            steps |= {(name, "bf16"): in_bf16(step) for name, step in models.items()}
+        seconds, warmup = time_interleaved(steps, args.steps)
+        rate = {key: args.batch / s for key, s in seconds.items()}
+        for (name, precision), samples in rate.items():
+            hf32, hf_same = rate.get(("HF", "fp32")), rate.get(("HF", precision))
+            cells = [mode, name, precision, f"{samples:.1f}",
+                     f"{samples / hf32:.2f}x" if hf32 else "", f"{samples / hf_same:.2f}x" if hf_same else ""]
+            print("| " + " | ".join(cells) + " |", flush=True)
+        if args.compile:
+            compiles = ", ".join(f"{p} {warmup[(n, p)] - seconds[(n, p)]:.0f} s" for n, p in steps if n == "ours compiled")
+            print(f"({mode}: compile time, untimed warm-up step minus a step: {compiles})")
+        if hf is None:
+            print("(HF skipped: " + ("--no-hf)" if args.no_hf else "pip install transformers)"))
     if args.profile:
         profile_ours(args.recipe, args.batch)
 

@@ -80,8 +80,8 @@ def test_non_finite_losses_skip_then_stop(tmp_path, monkeypatch):
     real = trainer_module.step_loss
     calls = {"n": 0}
 
-    def poisoned(model, episode):
-        loss, out = real(model, episode)
+    def poisoned(model, episode, **kwargs):
+        loss, out = real(model, episode, **kwargs)
         calls["n"] += 1
         return (loss * float("nan") if calls["n"] > 2 else loss), out
 

@@ -328,7 +328,8 @@ class DeepSpeedTrainer(Trainer):
         lr = self.optimizer.optimizer.param_groups[0]["lr"]
         skipped, grad_norm = self.engine.skipped_steps, None
         for m, episode in enumerate(episodes):
-            loss, out = step_loss(self.model, episode, denominator, forward=self.engine)
+            loss, out = step_loss(self.model, episode, denominator, forward=self.engine,
+                                  precision=self.recipe.train.precision)
             if not self._all_finite(loss, out):
                 if m == 0:  # nothing accumulated yet: skip the step as one process does
                     self._advance_schedule()
@@ -388,7 +389,7 @@ class DeepSpeedTrainer(Trainer):
         import torch.distributed as dist
 
         shard = evaluate_totals(self.model, self.task, split, samples, self.recipe.eval.batch_size, self.device,
-                                shard=(self.rank, self.world))
+                                shard=(self.rank, self.world), precision=self.recipe.train.precision)
         gathered: list[Any] = [None] * self.world
         dist.all_gather_object(gathered, shard)
         totals: dict[str, float] = {}

@@ -31,7 +31,7 @@ def eval_command(run_dir: str, split: str = "test", checkpoint: str | None = Non
     except RuntimeError as exc:
         raise TTTError(f"{path}: does not fit the recipe's model: {str(exc).splitlines()[0]}") from None
     samples = recipe.eval.samples if split == "test" else recipe.eval.val_samples
-    result = evaluate(built.model, built.task, split, samples, recipe.eval.batch_size, device)
+    result = evaluate(built.model, built.task, split, samples, recipe.eval.batch_size, device, recipe.train.precision)
     result = {"checkpoint": str(path), "step": state["step"], "split": split, "overrides": list(overrides), **result}
     print(json.dumps(result, indent=2))
     return 0

@@ -87,20 +87,29 @@ def _to_float(value: torch.Tensor | float) -> float | list[float]:
     return value
 
 
-def step_loss(model: MetaModel, episode, denominator=None, *, forward=None) -> tuple[torch.Tensor, Any]:
+def autocast(precision: str, device: torch.device | str):
+    """`[train] precision`: a no-op context for "fp32", bfloat16 autocast for "bf16"."""
+    device_type = device.type if isinstance(device, torch.device) else torch.device(device).type
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def step_loss(model: MetaModel, episode, denominator=None, *, forward=None, precision: str = "fp32") -> tuple[torch.Tensor, Any]:
     """Outer loss of one batch (plus the inner loss if the recipe asks for it).
 
-    `forward` runs the model (a DeepSpeed engine wraps it); `denominator`: see `answer_loss`.
+    `forward` runs the model (a DeepSpeed engine wraps it); `denominator`: see `answer_loss`;
+    `precision`: `[train] precision` (the backward runs in the dtypes its forward chose).
     """
-    out = (forward or model)(episode)
-    loss = answer_loss(out.logits, episode.target, denominator)
+    with autocast(precision, episode.context.ids.device):
+        out = (forward or model)(episode)
+        loss = answer_loss(out.logits, episode.target, denominator)
     if "outer_term" in out.stats:
         loss = loss + model.inner.config.outer_weight * out.stats["outer_term"]
     return loss, out
 
 
 def evaluate_totals(
-    model: MetaModel, task, split: str, samples: int, batch_size: int, device, shard: tuple[int, int] = (0, 1)
+    model: MetaModel, task, split: str, samples: int, batch_size: int, device, shard: tuple[int, int] = (0, 1),
+    precision: str = "fp32",
 ) -> tuple[dict[str, float], int]:
     """Summed loss and metrics over a fixed held-out set (batches `rank::world` for `shard`), and the
     number of samples. The inner loop still needs autograd."""
@@ -113,7 +122,7 @@ def evaluate_totals(
         if index % world != rank:
             continue
         episode = episode.to(device)
-        loss, out = step_loss(model, episode)
+        loss, out = step_loss(model, episode, precision=precision)
         batch = episode.batch_size
         totals["loss"] = totals.get("loss", 0.0) + float(loss.detach()) * batch
         for name, values in task.metrics(out.logits.detach(), episode).items():
@@ -124,9 +133,11 @@ def evaluate_totals(
     return totals, count
 
 
-def evaluate(model: MetaModel, task, split: str, samples: int, batch_size: int, device) -> dict[str, float]:
+def evaluate(
+    model: MetaModel, task, split: str, samples: int, batch_size: int, device, precision: str = "fp32"
+) -> dict[str, float]:
     """Mean loss and metrics over a fixed held-out set."""
-    totals, count = evaluate_totals(model, task, split, samples, batch_size, device)
+    totals, count = evaluate_totals(model, task, split, samples, batch_size, device, precision=precision)
     return {name: total / count for name, total in totals.items()} | {"samples": count}
 
 
@@ -211,9 +222,10 @@ class Trainer:
         train = self.recipe.train
         episode = self.task.train_batch(self.step, train.batch_size).to(self.device)
         if self.functional_step is not None:  # loss and gradients in one compiled call
-            loss, out = self.functional_step(episode)
+            with autocast(train.precision, self.device):
+                loss, out = self.functional_step(episode)
         else:
-            loss, out = step_loss(self.model, episode)
+            loss, out = step_loss(self.model, episode, precision=train.precision)
         inner = out.stats.get("inner_loss")
         finite = torch.isfinite(loss) and (inner is None or bool(torch.isfinite(inner).all()))
         if finite:
@@ -281,7 +293,8 @@ class Trainer:
         return self.checkpoint_path
 
     def evaluate(self, split: str, samples: int) -> dict[str, float]:
-        return evaluate(self.model, self.task, split, samples, self.recipe.eval.batch_size, self.device)
+        return evaluate(self.model, self.task, split, samples, self.recipe.eval.batch_size, self.device,
+                        self.recipe.train.precision)
 
     def report(self) -> dict[str, Any]:
         test = self.evaluate("test", self.recipe.eval.samples)
