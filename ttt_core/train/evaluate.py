@@ -3,16 +3,33 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+import torch
 
 from ttt_core.errors import TTTError
-from ttt_core.recipe import load_recipe
+from ttt_core.recipe import Recipe, load_recipe
 from ttt_core.train.checkpoint import load_model_state
 
+if TYPE_CHECKING:
+    from ttt_core.train.build import Built
 
-def eval_command(run_dir: str, split: str = "test", checkpoint: str | None = None, overrides: list[str] = ()) -> int:
+
+class LoadedRun(NamedTuple):
+    recipe: Recipe
+    built: Built
+    device: torch.device
+    checkpoint: Path
+    step: int
+
+
+def load_run(run_dir: str | Path, checkpoint: str | None = None, overrides: Sequence[str] = ()) -> LoadedRun:
+    """A run's recipe (with `overrides`) and model with its checkpoint's weights; a curriculum
+    directory gives its last stage."""
     from ttt_core.train.build import build
-    from ttt_core.train.trainer import evaluate, pick_device
+    from ttt_core.train.trainer import pick_device
 
     run = Path(run_dir)
     if not (run / "recipe.toml").exists():
@@ -30,8 +47,16 @@ def eval_command(run_dir: str, split: str = "test", checkpoint: str | None = Non
         built.model.load_state_dict(state["model"])
     except RuntimeError as exc:
         raise TTTError(f"{path}: does not fit the recipe's model: {str(exc).splitlines()[0]}") from None
+    return LoadedRun(recipe, built, device, path, state["step"])
+
+
+def eval_command(run_dir: str, split: str = "test", checkpoint: str | None = None, overrides: list[str] = ()) -> int:
+    from ttt_core.train.trainer import evaluate
+
+    run = load_run(run_dir, checkpoint, overrides)
+    recipe, built = run.recipe, run.built
     samples = recipe.eval.samples if split == "test" else recipe.eval.val_samples
-    result = evaluate(built.model, built.task, split, samples, recipe.eval.batch_size, device, recipe.train.precision)
-    result = {"checkpoint": str(path), "step": state["step"], "split": split, "overrides": list(overrides), **result}
+    result = evaluate(built.model, built.task, split, samples, recipe.eval.batch_size, run.device, recipe.train.precision)
+    result = {"checkpoint": str(run.checkpoint), "step": run.step, "split": split, "overrides": list(overrides), **result}
     print(json.dumps(result, indent=2))
     return 0

@@ -1,0 +1,54 @@
+"""Test exact match of an associative-retrieval run split by where the queried pair was written:
+which context segment, and how many pairs that segment holds. Tells a memory that forgets earlier
+segments (good on the last segment only) from one that cannot write at all.
+
+    python bench/accuracy_by_segment.py RUN_DIR [--split test] [--checkpoint PATH] [--set KEY=VALUE ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+
+import torch
+
+from ttt_core.train.evaluate import load_run
+from ttt_core.train.trainer import step_loss
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("run_dir")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--checkpoint")
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run = load_run(args.run_dir, args.checkpoint, args.set)
+    recipe, model, task = run.recipe, run.built.model.eval(), run.built.task
+    samples = recipe.eval.samples if args.split == "test" else recipe.eval.val_samples
+    hits: dict[tuple[int, int], list[float]] = defaultdict(list)
+    size = recipe.eval.batch_size
+    for start in range(0, samples, size):
+        indices = range(start, min(start + size, samples))
+        episode = task.batch(args.split, indices).to(run.device)
+        _, out = step_loss(model, episode, precision=recipe.train.precision)
+        correct = task.metrics(out.logits.detach(), episode)["exact_match"].float().tolist()
+        for index, right in zip(indices, correct):
+            sample = task.sample(args.split, index)
+            pair = f"!{sample.key}:{sample.value}!"
+            segment = next(i for i, text in enumerate(sample.segments) if pair in text)
+            hits[segment, sample.segments[segment].count(":")].append(right)
+    print(f"{run.checkpoint} (step {run.step}), {args.split}, {samples} samples")
+    print("| segment of the queried pair | pairs in that segment | samples | exact match |")
+    print("|---|---|---|---|")
+    for (segment, pairs), values in sorted(hits.items()):
+        print(f"| {segment} | {pairs} | {len(values)} | {100 * sum(values) / len(values):.2f}% |")
+    total = [v for values in hits.values() for v in values]
+    print(f"| all | | {len(total)} | {100 * sum(total) / len(total):.2f}% |")
+
+
+if __name__ == "__main__":
+    main()
