@@ -27,7 +27,7 @@ import torch
 from ttt_core.recipe import load_recipe
 from ttt_core.train.build import build
 from ttt_core.train.functional import FunctionalStep
-from ttt_core.train.trainer import step_loss
+from ttt_core.train.trainer import autocast, step_loss
 
 Step = Callable[[int], None]
 
@@ -94,7 +94,7 @@ def in_bf16(step: Step) -> Step:
     """`step` under bfloat16 autocast (`[train] precision = "bf16"`)."""
 
     def run(i: int) -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast("bf16", "cpu"):
             step(i)
 
     return run

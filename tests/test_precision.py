@@ -59,8 +59,6 @@ def test_bf16_training_lowers_the_loss(tmp_path):
                                 "eval.samples=16", "eval.val_samples=16"])
     Trainer(recipe, tmp_path, quiet=True).run()
     records = [line for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"train"' in line]
-
-
     losses = [json.loads(r)["loss"] for r in records]
     assert losses[-1] < losses[0]
 
