@@ -20,6 +20,7 @@ from torch import Tensor
 from ttt_core.episode import Episode, Segment, answer_loss
 from ttt_core.errors import TTTError
 from ttt_core.model import MetaModel, ReadOutput
+from ttt_core.train.trainer import with_inner_term
 
 
 BACKEND = "inductor"
@@ -75,9 +76,7 @@ class FunctionalStep:
     def _loss(self, params: dict[str, Tensor], episode: Episode) -> tuple[Tensor, tuple[Tensor, Tensor, dict[str, Tensor]]]:
         slots = {slot: params[name] for slot, name in self.slots.items()}
         out = torch.func.functional_call(self.model, slots, (episode,), tie_weights=False)
-        loss = answer_loss(out.logits, episode.target)
-        if "outer_term" in out.stats:
-            loss = loss + self.model.inner.config.outer_weight * out.stats["outer_term"]
+        loss = with_inner_term(self.model, answer_loss(out.logits, episode.target), out)
         stats = {k: v for k, v in out.stats.items() if k != "outer_term"}
         return loss, (loss, out.logits, stats)
 

@@ -102,9 +102,14 @@ def step_loss(model: MetaModel, episode, denominator=None, *, forward=None, prec
     with autocast(precision, episode.context.ids.device):
         out = (forward or model)(episode)
         loss = answer_loss(out.logits, episode.target, denominator)
+    return with_inner_term(model, loss, out), out
+
+
+def with_inner_term(model: MetaModel, loss: torch.Tensor, out: Any) -> torch.Tensor:
+    """`loss` plus the inner loss weighted by `[inner] outer_weight`, when the recipe asks for it."""
     if "outer_term" in out.stats:
         loss = loss + model.inner.config.outer_weight * out.stats["outer_term"]
-    return loss, out
+    return loss
 
 
 def evaluate_totals(
