@@ -75,6 +75,7 @@ INNER_CONFIGS = {
 VARIANTS = {
     "global": {},
     "shifted-token-lr": {"reconstruct_from": "shifted", "token_lr": True},
+    "keep-memory-norm": {"keep_memory_norm": True},
 }
 
 
@@ -122,6 +123,29 @@ def test_inner_loop_lowers_reconstruction_error() -> None:
     stats = model(make_episode()).stats
     assert stats["inner_loss"].shape == (3,)
     assert stats["inner_loss"][-1] < stats["inner_loss"][0]
+
+
+def test_keep_memory_norm_moves_only_the_direction(monkeypatch) -> None:
+    """With keep_memory_norm every adapted memory token keeps the initial token's norm; with one inner
+    step the first segment's memory points the same way as without it (the layer is blind to scale)."""
+    adapted: dict[bool, list] = {True: [], False: []}
+    original = PRMT4._adapt
+
+    def recording(self, *args, **kwargs):
+        state = original(self, *args, **kwargs)
+        adapted[self.config.keep_memory_norm].append(state.detach())
+        return state
+
+    monkeypatch.setattr(PRMT4, "_adapt", recording)
+    inner = InnerConfig(steps=1, lr=0.5)
+    for keep in (True, False):
+        make_model(inner, keep_memory_norm=keep, schedule="sequential").eval()(make_episode())
+    initial = make_model(inner).recurrence.memory.detach().norm(dim=-1)  # [L, M]
+    for cell, state in enumerate(adapted[True]):
+        torch.testing.assert_close(state[0].norm(dim=-1), initial[cell % LAYERS].expand_as(state[0, ..., 0]))
+    for kept, free in zip(adapted[True][:LAYERS], adapted[False][:LAYERS]):  # segment 0
+        torch.testing.assert_close(kept, free * kept.norm(dim=-1, keepdim=True) / free.norm(dim=-1, keepdim=True))
+        assert free.norm() > 1.05 * kept.norm()  # without it the write grows the memory
 
 
 def test_memory_is_carried_to_the_query() -> None:
