@@ -56,9 +56,10 @@ RESUME = [*COMMON, "deepspeed.zero_optimization.stage=2", "inner.grad_mode='seco
 
 def env() -> dict[str, str]:
     """Subprocesses import this checkout's ttt_core; one thread per rank (a single rank would otherwise
-    take every core, which is slow on a small shared CI machine)."""
+    take every core, which is slow on a small shared CI machine); a rank killed by a signal prints
+    every thread's Python stack (faulthandler), so a crash says where it happened."""
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
 
 
 def launch_script(tmp: Path, nproc: int, runs: dict[str, list[str]], poison=None) -> dict[str, list[dict]]:
@@ -79,7 +80,9 @@ def ttt_run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 def errors(stderr: str) -> str:
     """The lines of a failed launch that say why."""
     lines = stderr.splitlines()
-    wanted = ("Error", "rank", "terminate called", "Fatal Python")
+    wanted = ("Error", "rank", "terminate called")
+    if any("Fatal Python" in line for line in lines):  # faulthandler's report: keep its stacks whole
+        return "\n".join(lines[next(i for i, line in enumerate(lines) if "Fatal Python" in line):][:80])
     return "\n".join([line for line in lines if any(w in line for w in wanted)][-30:] + lines[-5:])
 
 

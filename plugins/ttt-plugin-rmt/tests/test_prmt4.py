@@ -75,7 +75,7 @@ INNER_CONFIGS = {
 VARIANTS = {
     "global": {},
     "shifted-token-lr": {"reconstruct_from": "shifted", "token_lr": True},
-    "keep-memory-norm": {"keep_memory_norm": True},
+    "shifted-output-keep-norm": {"reconstruct_from": "shifted_output", "keep_memory_norm": True},
 }
 
 

@@ -193,8 +193,9 @@ class PRMT4(nn.Module, Recurrence):
         cells, batch, width = real.shape
         anchor = torch.stack([memory[l] for l in layers])
         stand_in = self.global_tokens[layers.start : layers.stop, :width].unsqueeze(1)  # [C, 1, W, d]
-        if self.config.reconstruct_from == "shifted":
-            stand_in = stand_in + F.pad(inputs, (0, 0, 1, 0))[:, :, :width]  # position i gets input i - 1
+        if self.config.reconstruct_from != "global":  # position i gets the input (or output) at i - 1
+            before = inputs if self.config.reconstruct_from == "shifted" else target
+            stand_in = stand_in + F.pad(before, (0, 0, 1, 0))[:, :, :width]
         # the stand-in's queries, keys and values are the same for every inner step (and, for the
         # global tokens alone, for every example)
         glob = project(params, stand_in, self.config.memory_tokens, config=self.block_config)

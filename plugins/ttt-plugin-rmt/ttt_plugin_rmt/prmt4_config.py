@@ -18,11 +18,13 @@ class PRMT4Config:
     as many as the longest context segment (a longer segment is an error)."""
     stability: float = attrs.field(default=0.01, validator=positive)
     """Initial per-layer weight of ||mem - previous mem||^2 in the inner loss (learned, kept positive)."""
-    reconstruct_from: str = attrs.field(default="global", validator=one_of("global", "shifted"))
+    reconstruct_from: str = attrs.field(default="global", validator=one_of("global", "shifted", "shifted_output"))
     """What stands for the segment in the reconstruction pass `layer([m; X])`. global: X = the global
     tokens (the deck's PRMT4; the write into memory is keyed by position only). shifted: X = global
     tokens + the layer's input one position back, so position i predicts the layer's output at i
-    from what came before it: the write is keyed by content, as a language-model loss is."""
+    from what came before it: the write is keyed by content, as a language-model loss is.
+    shifted_output: the layer's output one position back instead, which has already attended to
+    the positions before it (at the value of a pair, the key as well as the ':')."""
     token_lr: bool = False
     """Weigh each position's reconstruction error by a learned gate of that position's target,
     sigmoid(w_l . norm(h_l,i) + b_l) (starting near 1): a per-token inner learning rate, as TTT
