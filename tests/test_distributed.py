@@ -78,12 +78,13 @@ def ttt_run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 
 def errors(stderr: str) -> str:
-    """The lines of a failed launch that say why."""
+    """The lines of a failed launch that say why: a crashed rank's report (faulthandler's stacks, or
+    C++'s "terminate called") and the launcher's closing table of every rank's exit code."""
     lines = stderr.splitlines()
-    wanted = ("Error", "rank", "terminate called")
-    if any("Fatal Python" in line for line in lines):  # faulthandler's report: keep its stacks whole
-        return "\n".join(lines[next(i for i, line in enumerate(lines) if "Fatal Python" in line):][:80])
-    return "\n".join([line for line in lines if any(w in line for w in wanted)][-30:] + lines[-5:])
+    crash = next((i for i, line in enumerate(lines) if line.startswith(("Fatal Python", "terminate called"))), None)
+    said = [line for line in lines if "Error" in line or "[rank" in line][-20:]
+    report = lines[crash : crash + 60] if crash is not None else said
+    return "\n".join([*report, "...", *lines[-25:]])
 
 
 def train_losses(records: list[dict]) -> list[float]:
