@@ -30,24 +30,32 @@ def main() -> None:
     recipe, model, task = run.recipe, run.built.model.eval(), run.built.task
     samples = recipe.eval.samples if args.split == "test" else recipe.eval.val_samples
     hits: dict[tuple[int, int], list[float]] = defaultdict(list)
+    others: dict[tuple[int, int], list[float]] = defaultdict(list)
     size = recipe.eval.batch_size
     for start in range(0, samples, size):
         indices = range(start, min(start + size, samples))
         episode = task.batch(args.split, indices).to(run.device)
         _, out = step_loss(model, episode, precision=recipe.train.precision)
         correct = task.metrics(out.logits.detach(), episode)["exact_match"].float().tolist()
-        for index, right in zip(indices, correct):
+        answers = out.logits.detach().argmax(-1)
+        for row, (index, right) in enumerate(zip(indices, correct)):
             sample = task.sample(args.split, index)
             pair = f"!{sample.key}:{sample.value}!"
             segment = next(i for i, text in enumerate(sample.segments) if pair in text)
             hits[segment, sample.segments[segment].count(":")].append(right)
+            answer = task.tokenizer.decode(answers[row])[: len(sample.value)]
+            others[segment, sample.segments[segment].count(":")].append(
+                float(any(answer == value for key, value in sample.pairs if key != sample.key))
+            )
     print(f"{run.checkpoint} (step {run.step}), {args.split}, {samples} samples")
-    print("| segment of the queried pair | pairs in that segment | samples | exact match |")
-    print("|---|---|---|---|")
-    for (segment, pairs), values in sorted(hits.items()):
-        print(f"| {segment} | {pairs} | {len(values)} | {100 * sum(values) / len(values):.2f}% |")
+    print("| segment of the queried pair | pairs in that segment | samples | exact match | another pair's value |")
+    print("|---|---|---|---|---|")
+    percent = lambda values: f"{100 * sum(values) / len(values):.2f}%"  # noqa: E731
+    for key, values in sorted(hits.items()):
+        print(f"| {key[0]} | {key[1]} | {len(values)} | {percent(values)} | {percent(others[key])} |")
     total = [v for values in hits.values() for v in values]
-    print(f"| all | | {len(total)} | {100 * sum(total) / len(total):.2f}% |")
+    other = [v for values in others.values() for v in values]
+    print(f"| all | | {len(total)} | {percent(total)} | {percent(other)} |")
 
 
 if __name__ == "__main__":
