@@ -227,10 +227,10 @@ class PRMT4(nn.Module, Recurrence):
                 grad = grad.detach()
             grad = clip_per_example([grad.flatten(0, 1)], config)[0].view_as(grad)
             lr = self.log_lr[layers.start : layers.stop, min(step, self.log_lr.shape[1] - 1)].exp()
-            before = state
+            previous = state
             state, buffers = rule(state, grad, lr.view(cells, 1, 1, 1), buffers, step, config)
             if self.config.keep_memory_norm:  # the forward is blind to the scale: only the direction moves
-                state = state * (before.norm(dim=-1, keepdim=True) / state.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+                state = state * (previous.norm(dim=-1, keepdim=True) / state.norm(dim=-1, keepdim=True).clamp_min(1e-12))
             stats.loss[step] += loss.detach().mean(1).sum()
             stats.grad_norm[step] += per_example_norm([grad.detach().flatten(0, 1)]).view(cells, batch).mean(1).sum()
         stats.cells += cells
