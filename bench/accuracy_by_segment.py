@@ -42,11 +42,10 @@ def main() -> None:
             sample = task.sample(args.split, index)
             pair = f"!{sample.key}:{sample.value}!"
             segment = next(i for i, text in enumerate(sample.segments) if pair in text)
-            hits[segment, sample.segments[segment].count(":")].append(right)
+            where = (segment, sample.segments[segment].count(":"))  # the pair's segment, its pair count
+            hits[where].append(right)
             answer = task.tokenizer.decode(answers[row])[: len(sample.value)]
-            others[segment, sample.segments[segment].count(":")].append(
-                float(any(answer == value for key, value in sample.pairs if key != sample.key))
-            )
+            others[where].append(float(any(answer == value for key, value in sample.pairs if key != sample.key)))
     print(f"{run.checkpoint} (step {run.step}), {args.split}, {samples} samples")
     print("| segment of the queried pair | pairs in that segment | samples | exact match | another pair's value |")
     print("|---|---|---|---|---|")
