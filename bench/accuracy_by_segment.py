@@ -16,6 +16,10 @@ from ttt_core.train.evaluate import load_run
 from ttt_core.train.trainer import step_loss
 
 
+def percent(values: list[float]) -> str:
+    return f"{100 * sum(values) / len(values):.2f}%"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("run_dir")
@@ -49,7 +53,6 @@ def main() -> None:
     print(f"{run.checkpoint} (step {run.step}), {args.split}, {samples} samples")
     print("| segment of the queried pair | pairs in that segment | samples | exact match | another pair's value |")
     print("|---|---|---|---|---|")
-    percent = lambda values: f"{100 * sum(values) / len(values):.2f}%"  # noqa: E731
     for key, values in sorted(hits.items()):
         print(f"| {key[0]} | {key[1]} | {len(values)} | {percent(values)} | {percent(others[key])} |")
     total = [v for values in hits.values() for v in values]
