@@ -76,6 +76,7 @@ VARIANTS = {
     "global": {},
     "shifted-token-lr": {"reconstruct_from": "shifted", "token_lr": True},
     "shifted-output-keep-norm": {"reconstruct_from": "shifted_output", "keep_memory_norm": True},
+    "shifted-lm-inner": {"reconstruct_from": "shifted", "lm_inner_weight": 0.5},
 }
 
 
@@ -148,6 +149,28 @@ def test_keep_memory_norm_moves_only_the_direction(monkeypatch) -> None:
         assert free.norm() > 1.05 * kept.norm()  # without it the write grows the memory
 
 
+def test_lm_inner_weight_changes_only_the_top_layer_write(monkeypatch) -> None:
+    """The next-token term enters the top layer's inner loss and no other: the lower layers' memories
+    are the same with and without it, the top layer's differs, and it moves the top memory toward a
+    lower next-token loss of the segment."""
+    adapted: dict[float, list] = {0.0: [], 1.0: []}
+    original = PRMT4._adapt
+
+    def recording(self, *args, **kwargs):
+        state = original(self, *args, **kwargs)
+        adapted[self.config.lm_inner_weight].append(state.detach())
+        return state
+
+    monkeypatch.setattr(PRMT4, "_adapt", recording)
+    for weight in adapted:
+        make_model(lm_inner_weight=weight, schedule="sequential").eval()(make_episode())
+    for cell, (with_lm, without) in enumerate(zip(adapted[1.0], adapted[0.0])):
+        if cell % LAYERS == LAYERS - 1:
+            assert (with_lm - without).abs().max() > 1e-3, cell
+        else:
+            torch.testing.assert_close(with_lm, without)
+
+
 def test_memory_is_carried_to_the_query() -> None:
     """Changing segment 0 of row 0 changes row 0's answer logits (through the memory alone: without
     inner steps the memory never changes and the context cannot reach the query)."""
@@ -188,8 +211,8 @@ def record_cells(model: MetaModel, monkeypatch: pytest.MonkeyPatch):
     outputs: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
     original = PRMT4._run_cells
 
-    def wrapped(self, model, cells, params, hidden, masks, memory, query, stats):
-        original(self, model, cells, params, hidden, masks, memory, query, stats)
+    def wrapped(self, model, cells, params, hidden, masks, ids, memory, query, stats):
+        original(self, model, cells, params, hidden, masks, ids, memory, query, stats)
         calls.append(list(cells))
         for l, s in cells:
             outputs[(l, s)] = (hidden[s], memory[l])
@@ -207,11 +230,12 @@ def record_cells(model: MetaModel, monkeypatch: pytest.MonkeyPatch):
     return calls, outputs, embeds
 
 
+@pytest.mark.parametrize("lm_inner_weight", [0.0, 0.5], ids=["reconstruct", "lm-inner"])
 @pytest.mark.parametrize("schedule", ["diagonal", "sequential"])
-def test_cell_depends_on_the_layer_below_and_the_segment_before(schedule: str, monkeypatch) -> None:
+def test_cell_depends_on_the_layer_below_and_the_segment_before(schedule: str, lm_inner_weight: float, monkeypatch) -> None:
     """h_{l,s} and mem_{l,s} depend on the embeddings of segments <= s and the weights of layers <= l,
     and on nothing later (second order, so the memory's dependence on its segment is in the graph)."""
-    model = make_model(schedule=schedule).train()
+    model = make_model(schedule=schedule, lm_inner_weight=lm_inner_weight).train()
     episode = make_episode()
     calls, outputs, embeds = record_cells(model, monkeypatch)
     model(episode)

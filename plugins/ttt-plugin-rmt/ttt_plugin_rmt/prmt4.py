@@ -140,6 +140,7 @@ class PRMT4(nn.Module, Recurrence):
         params: dict[str, Tensor],
         hidden: list[Tensor],
         masks: list[Tensor],
+        ids: list[Tensor],
         memory: list[Tensor],
         query: int,
         stats: _Stats,
@@ -167,8 +168,12 @@ class PRMT4(nn.Module, Recurrence):
         a = slice(adapt[0], adapt[-1] + 1)  # the query cell, if any, is the first: the rest is contiguous
         layers = range(cells[adapt[0]][0], cells[adapt[-1]][0] + 1)
         w = max(widths[a])  # the query may be wider than the context segments (and the global tokens)
+        top_ids = None  # the top layer's segment, for its next-token inner loss (last cell: layers ascend)
+        if self.config.lm_inner_weight and layers.stop == model.backbone.n_layers:
+            top_ids = F.pad(ids[cells[adapt[-1]][1]], (0, w - widths[adapt[-1]]))
         adapted = self._adapt(
-            model, layers, {k: p[a] for k, p in params.items()}, memory, inputs[a, :, :w], y[a, :, :w], real[a, :, :w], stats
+            model, layers, {k: p[a] for k, p in params.items()}, memory, inputs[a, :, :w], y[a, :, :w], real[a, :, :w],
+            top_ids, stats,
         )
         for layer, m in zip(layers, adapted.unbind(0)):
             memory[layer] = m
@@ -182,10 +187,12 @@ class PRMT4(nn.Module, Recurrence):
         inputs: Tensor,
         target: Tensor,
         real: Tensor,
+        top_ids: Tensor | None,
         stats: _Stats,
     ) -> Tensor:
         """K inner steps for C cells at once: memory `[C, B, M, d]` reconstructing `target [C, B, W, d]`,
-        the layers' outputs for `inputs [C, B, W, d]`.
+        the layers' outputs for `inputs [C, B, W, d]`; the last cell (the top layer) also predicts the
+        next token of `top_ids [B, W]` when that is given (lm_inner_weight).
 
         The state is a fresh stack of the previous memories, so its gradient excludes the path through
         the target (which was computed from the same previous memories)."""
@@ -209,6 +216,11 @@ class PRMT4(nn.Module, Recurrence):
             normed = target * torch.rsqrt(target.pow(2).mean(-1, keepdim=True) + self.block_config.norm_eps)
             gate = torch.einsum("cbwd,cd->cbw", normed, self.token_lr_weight[layers.start : layers.stop])
             weights = weights * torch.sigmoid(gate + self.token_lr_bias[layers.start : layers.stop].view(cells, 1, 1))
+        if top_ids is not None:
+            top = {name: p[-1:] for name, p in params.items()}
+            top_inputs = project(top, inputs[-1:], self.config.memory_tokens, config=self.block_config)
+            pairs = real[-1, :, 1:] & real[-1, :, :-1]  # position i predicts the real token i + 1
+            pair_count = pairs.sum(-1).clamp_min(1)
         rule = RULES[config.rule]
         state, buffers = anchor, {}
         for step in range(config.steps):
@@ -220,6 +232,13 @@ class PRMT4(nn.Module, Recurrence):
                 if config.outer_weight:
                     stats.outer.append(mse.mean(1).sum())
                 loss = mse + stability * (state - anchor).pow(2).sum((-2, -1))
+                if top_ids is not None:
+                    out_top = block_forward_prefixed(top, state[-1:], top_inputs, config=self.block_config)[0]
+                    nll = F.cross_entropy(
+                        model.backbone.head(out_top[:, :-1]).transpose(1, 2), top_ids[:, 1:], reduction="none"
+                    )
+                    lm = (nll * pairs).sum(-1) / pair_count
+                    loss = torch.cat([loss[:-1], loss[-1:] + self.config.lm_inner_weight * lm])
                 (grad,) = torch.autograd.grad(
                     loss.sum(), state, create_graph=create_graph, retain_graph=create_graph or bool(config.outer_weight)
                 )
@@ -251,6 +270,7 @@ class PRMT4(nn.Module, Recurrence):
         batch, layers, query = episode.batch_size, backbone.n_layers, len(episode.segments)
         hidden = [backbone.embed(s.ids) for s in segments]
         masks = [s.mask for s in segments]
+        ids = [s.ids for s in segments]
         memory = [self.memory[l].expand(batch, -1, -1) for l in range(layers)]
         diagonal = self.config.schedule == "diagonal"
         groups = (diagonal_waves if diagonal else sequential_cells)(layers, len(segments))
@@ -258,6 +278,6 @@ class PRMT4(nn.Module, Recurrence):
         stats = _Stats(model.inner.config.steps)
         for cells in groups:
             params = self._layer_params(model, range(cells[0][0], cells[-1][0] + 1), stacked)
-            self._run_cells(model, cells, params, hidden, masks, memory, query, stats)
+            self._run_cells(model, cells, params, hidden, masks, ids, memory, query, stats)
         logits = backbone.head(hidden[query])
         return ReadOutput(logits=gather_answer_logits(logits, positions), stats=stats.result(memory))

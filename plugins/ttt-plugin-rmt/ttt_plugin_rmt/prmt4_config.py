@@ -36,6 +36,13 @@ class PRMT4Config:
     weaker than the first: measured on an N2 model (bench/prmt4_memory_steps.py), segment 0 moved
     layer 0's memory tokens by 2.07x their norm, segment 1 by 0.26x. Keeping the norm gives every
     segment the same step size (on N2 it did not raise accuracy: PRMT4.md)."""
+    lm_inner_weight: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
+    """Add this weight times the segment's next-token loss to the top layer's inner loss (the head on
+    `layer([m; h])`, the real segment, not the stand-in). The reconstruction write is keyed by
+    position (or the previous token) and its target is a hidden state; this one is keyed by the
+    lower layers' features of each position and its target is the next character, the signal that
+    lets the baseline's memory bind a value to its key. Only the top layer can have it without
+    breaking the diagonal dependency (cell (l, s) must not need layer l + 1)."""
     init_std: float = attrs.field(default=0.02, validator=positive)
     """Standard deviation of the initial memory and global tokens."""
     schedule: str = attrs.field(default="diagonal", validator=one_of("diagonal", "sequential"))
