@@ -261,6 +261,8 @@ def test_refuses_other_backbones_and_bad_input() -> None:
     model = make_model(global_tokens=6)
     with pytest.raises(TTTError, match="segment of 8 tokens is longer than .* global_tokens = 6"):
         model(make_episode())
+    with pytest.raises(ValueError, match="option 'lm_inner_weight' must be >= 0; got -1.0"):
+        PRMT4Config(lm_inner_weight=-1.0)
 
 
 def test_registered_through_the_hook() -> None:

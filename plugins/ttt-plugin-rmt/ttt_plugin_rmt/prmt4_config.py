@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import attrs
 
-from ttt_core.config import one_of, positive
+from ttt_core.config import non_negative, one_of, positive
 
 
 @attrs.define
@@ -36,7 +36,7 @@ class PRMT4Config:
     weaker than the first: measured on an N2 model (bench/prmt4_memory_steps.py), segment 0 moved
     layer 0's memory tokens by 2.07x their norm, segment 1 by 0.26x. Keeping the norm gives every
     segment the same step size (on N2 it did not raise accuracy: PRMT4.md)."""
-    lm_inner_weight: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
+    lm_inner_weight: float = attrs.field(default=0.0, validator=non_negative)
     """Add this weight times the segment's next-token loss to the top layer's inner loss (the head on
     `layer([m; h])`, the real segment, not the stand-in). The reconstruction write is keyed by
     position (or the previous token) and its target is a hidden state; this one is keyed by the
