@@ -151,8 +151,7 @@ def test_keep_memory_norm_moves_only_the_direction(monkeypatch) -> None:
 
 def test_lm_inner_weight_changes_only_the_top_layer_write(monkeypatch) -> None:
     """The next-token term enters the top layer's inner loss and no other: the lower layers' memories
-    are the same with and without it, the top layer's differs, and it moves the top memory toward a
-    lower next-token loss of the segment."""
+    are the same with and without it, the top layer's differs."""
     adapted: dict[float, list] = {0.0: [], 1.0: []}
     original = PRMT4._adapt
 
