@@ -8,11 +8,15 @@ make a grid of cells (l, s); cell (l, s) does
                                   + w_l * ||m - mem_{l,s-1}||^2,    m starting at mem_{l,s-1}
                 -> mem_{l,s}                                         (not on the query)
 
+and the head reads h_{L-1,S}. With `lm_inner_weight` w, the top layer's (l = L-1) inner loss also
+gets w * the segment's next-token loss of head(layer_l([m; h_{l-1,s}])): a write keyed by content
+whose target is the next character.
+
 The MSE is divided by the (detached) mean square of the target, per example: hidden states are
 ~0.02 at init, so a plain MSE gives inner gradients ~1e-4 and a memory that an inner learning rate of
 1 never moves; the relative error makes the learning rate scale-free.
 
-and the head reads h_{L-1,S}. `G_l` are learned "global" tokens: token i stands in for position i of
+`G_l` are learned "global" tokens: token i stands in for position i of
 any segment, so the memory (the only thing that differs between segments) must hold what the layer
 needs to reproduce the segment's outputs. Attention is causal, so position i of the reconstruction
 sees only m and G_l[0..i]: truncating G_l to the segment's width is exact, and padded positions (of
