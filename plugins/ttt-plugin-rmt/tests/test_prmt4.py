@@ -3,6 +3,7 @@ cell (l, s) depends on (l-1, s) and (l, s-1) only; registration and recipes."""
 
 from __future__ import annotations
 
+from collections import defaultdict
 from pathlib import Path
 
 import attrs
@@ -126,18 +127,24 @@ def test_inner_loop_lowers_reconstruction_error() -> None:
     assert stats["inner_loss"][-1] < stats["inner_loss"][0]
 
 
-def test_keep_memory_norm_moves_only_the_direction(monkeypatch) -> None:
-    """With keep_memory_norm every adapted memory token keeps the initial token's norm; with one inner
-    step the first segment's memory points the same way as without it (the layer is blind to scale)."""
-    adapted: dict[bool, list] = {True: [], False: []}
+def record_adapted(monkeypatch: pytest.MonkeyPatch, option: str) -> dict[object, list[torch.Tensor]]:
+    """Every adapted memory `_adapt` returns, in call order, grouped by the model's value of `option`."""
+    adapted: dict[object, list[torch.Tensor]] = defaultdict(list)
     original = PRMT4._adapt
 
     def recording(self, *args, **kwargs):
         state = original(self, *args, **kwargs)
-        adapted[self.config.keep_memory_norm].append(state.detach())
+        adapted[getattr(self.config, option)].append(state.detach())
         return state
 
     monkeypatch.setattr(PRMT4, "_adapt", recording)
+    return adapted
+
+
+def test_keep_memory_norm_moves_only_the_direction(monkeypatch) -> None:
+    """With keep_memory_norm every adapted memory token keeps the initial token's norm; with one inner
+    step the first segment's memory points the same way as without it (the layer is blind to scale)."""
+    adapted = record_adapted(monkeypatch, "keep_memory_norm")
     inner = InnerConfig(steps=1, lr=0.5)
     for keep in (True, False):
         make_model(inner, keep_memory_norm=keep, schedule="sequential").eval()(make_episode())
@@ -152,16 +159,8 @@ def test_keep_memory_norm_moves_only_the_direction(monkeypatch) -> None:
 def test_lm_inner_weight_changes_only_the_top_layer_write(monkeypatch) -> None:
     """The next-token term enters the top layer's inner loss and no other: the lower layers' memories
     are the same with and without it, the top layer's differs."""
-    adapted: dict[float, list] = {0.0: [], 1.0: []}
-    original = PRMT4._adapt
-
-    def recording(self, *args, **kwargs):
-        state = original(self, *args, **kwargs)
-        adapted[self.config.lm_inner_weight].append(state.detach())
-        return state
-
-    monkeypatch.setattr(PRMT4, "_adapt", recording)
-    for weight in adapted:
+    adapted = record_adapted(monkeypatch, "lm_inner_weight")
+    for weight in (1.0, 0.0):
         make_model(lm_inner_weight=weight, schedule="sequential").eval()(make_episode())
     for cell, (with_lm, without) in enumerate(zip(adapted[1.0], adapted[0.0])):
         if cell % LAYERS == LAYERS - 1:
