@@ -1,13 +1,15 @@
 """Does the functional (optionally compiled) outer gradient equal eager `loss.backward()`, and how
 long does compiling it take? (issue #3: compiling the whole second-order step)
 
-    python bench/compiled_step.py [--modes second,first] [--batch 64] [--threads 1] [--no-compile] [--profile]
+    python bench/compiled_step.py [--modes second,first] [--batch 64] [--threads 1] [--no-compile] [--profile] [--bf16]
 
 Builds the model twice from the same recipe and seed, runs one step's gradient eagerly and through
 `ttt_core.train.functional.FunctionalStep` (uncompiled, then compiled) on the same batches, and prints
 the largest relative error per parameter (max |g - g_eager| / max |g_eager|) and the compile time.
 `--profile` then profiles one more compiled step: the share of the GEMMs (`aten::mm`/`bmm`/`addmm`,
-which inductor leaves to MKL) against the generated C++ kernels.
+which inductor leaves to MKL) against the generated C++ kernels, each kernel by name
+(inductor's `cpp.enable_kernel_profile`). `--bf16` runs every variant under bfloat16 autocast
+(`[train] precision = "bf16"`), so the errors are then bf16 against bf16 eager.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 from ttt_core.recipe import load_recipe
 from ttt_core.train.build import build
 from ttt_core.train.functional import FunctionalStep
-from ttt_core.train.trainer import step_loss
+from ttt_core.train.trainer import autocast, step_loss
 
 
 def relative_errors(model: torch.nn.Module, reference: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -30,19 +32,20 @@ def relative_errors(model: torch.nn.Module, reference: dict[str, torch.Tensor]) 
     }
 
 
-def eager_grads(built, episode) -> tuple[float, dict[str, torch.Tensor]]:
+def eager_grads(built, episode, precision: str) -> tuple[float, dict[str, torch.Tensor]]:
     built.model.zero_grad(set_to_none=True)
-    loss, _ = step_loss(built.model, episode)
+    loss, _ = step_loss(built.model, episode, precision=precision)
     loss.backward()
     return float(loss.detach()), {n: p.grad.clone() for n, p in built.model.named_parameters()}
 
 
-def profile_step(step: FunctionalStep, episode, rows: int = 15) -> None:
+def profile_step(step: FunctionalStep, episode, precision: str, rows: int = 15) -> None:
     from torch.profiler import profile
 
-    step(episode)
-    with profile() as prof:
+    with autocast(precision, "cpu"):
         step(episode)
+        with profile() as prof:
+            step(episode)
     averages = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in averages)
     gemm = sum(e.self_cpu_time_total for e in averages if e.key in ("aten::mm", "aten::bmm", "aten::addmm"))
@@ -51,7 +54,8 @@ def profile_step(step: FunctionalStep, episode, rows: int = 15) -> None:
     print(averages.table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
-def check(mode: str, recipe_path: str, batch: int, compile: bool, batches: int, profile: bool = False) -> None:
+def check(mode: str, recipe_path: str, batch: int, compile: bool, batches: int, profile: bool = False,
+          precision: str = "fp32") -> None:
     overrides = [f"inner.grad_mode='{mode}'", "inner.steps=2", f"train.batch_size={batch}"]
     eager = build(load_recipe(recipe_path, overrides))
     functional = build(load_recipe(recipe_path, overrides))
@@ -60,11 +64,12 @@ def check(mode: str, recipe_path: str, batch: int, compile: bool, batches: int, 
         variants["compiled"] = FunctionalStep(build(load_recipe(recipe_path, overrides)).model, compile=True)
     for i in range(batches):
         episode = eager.task.train_batch(i, batch)
-        loss, reference = eager_grads(eager, episode)
+        loss, reference = eager_grads(eager, episode, precision)
         for name, step in variants.items():
             step.model.zero_grad(set_to_none=True)
             start = time.perf_counter()
-            f_loss, _ = step(episode)
+            with autocast(precision, "cpu"):
+                f_loss, _ = step(episode)
             seconds = time.perf_counter() - start
             errors = relative_errors(step.model, reference)
             worst = max(errors, key=errors.get)
@@ -75,7 +80,7 @@ def check(mode: str, recipe_path: str, batch: int, compile: bool, batches: int, 
                 flush=True,
             )
     if profile and compile:
-        profile_step(variants["compiled"], episode)
+        profile_step(variants["compiled"], episode, precision)
 
 
 def main() -> None:
@@ -87,10 +92,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-compile", action="store_true", help="check the uncompiled functional path only")
     parser.add_argument("--profile", action="store_true", help="profile one compiled step afterwards")
+    parser.add_argument("--bf16", action="store_true", help="every variant under bfloat16 autocast")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.profile:
+        from torch._inductor import config as inductor_config
+
+        inductor_config.cpp.enable_kernel_profile = True  # each generated kernel in the profile
     for mode in args.modes.split(","):
-        check(mode, args.recipe, args.batch, not args.no_compile, args.batches, args.profile)
+        check(mode, args.recipe, args.batch, not args.no_compile, args.batches, args.profile,
+              "bf16" if args.bf16 else "fp32")
 
 
 if __name__ == "__main__":
