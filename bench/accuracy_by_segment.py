@@ -1,6 +1,9 @@
 """Test exact match of an associative-retrieval run split by where the queried pair was written:
 which context segment, and how many pairs that segment holds. Tells a memory that forgets earlier
-segments (good on the last segment only) from one that cannot write at all.
+segments (good on the last segment only) from one that cannot write at all. The character columns
+(teacher-forced, like the metric) tell a memory that cannot pick the pair by its key (first
+character a coin flip between the pairs' first characters, later ones right: each later character
+is keyed by the one before it) from one that stores values badly.
 
     python bench/accuracy_by_segment.py RUN_DIR [--split test] [--checkpoint PATH] [--set KEY=VALUE ...]
 """
@@ -35,6 +38,9 @@ def main() -> None:
     samples = recipe.eval.samples if args.split == "test" else recipe.eval.val_samples
     hits: dict[tuple[int, int], list[float]] = defaultdict(list)
     others: dict[tuple[int, int], list[float]] = defaultdict(list)
+    first: dict[tuple[int, int], list[float]] = defaultdict(list)  # first character right
+    first_other: dict[tuple[int, int], list[float]] = defaultdict(list)  # ... another pair's (and wrong)
+    later: dict[tuple[int, int], list[float]] = defaultdict(list)  # the other characters right
     size = recipe.eval.batch_size
     for start in range(0, samples, size):
         indices = range(start, min(start + size, samples))
@@ -50,14 +56,19 @@ def main() -> None:
             hits[where].append(right)
             answer = task.tokenizer.decode(answers[row])[: len(sample.value)]
             others[where].append(float(any(answer == value for key, value in sample.pairs if key != sample.key)))
+            first[where].append(float(answer[:1] == sample.value[:1]))
+            first_other[where].append(float(answer[:1] != sample.value[:1] and any(
+                answer[:1] == value[:1] for key, value in sample.pairs if key != sample.key)))
+            later[where].append(sum(a == b for a, b in zip(answer[1:], sample.value[1:])) / (len(sample.value) - 1))
     print(f"{run.checkpoint} (step {run.step}), {args.split}, {samples} samples")
-    print("| segment of the queried pair | pairs in that segment | samples | exact match | another pair's value |")
-    print("|---|---|---|---|---|")
+    tables = (hits, others, first, first_other, later)
+    print("| segment of the queried pair | pairs in that segment | samples | exact match | another pair's value "
+          "| first character right | first character another pair's | later characters right |")
+    print("|---|---|---|---|---|---|---|---|")
     for key, values in sorted(hits.items()):
-        print(f"| {key[0]} | {key[1]} | {len(values)} | {percent(values)} | {percent(others[key])} |")
-    total = [v for values in hits.values() for v in values]
-    other = [v for values in others.values() for v in values]
-    print(f"| all | | {len(total)} | {percent(total)} | {percent(other)} |")
+        print(f"| {key[0]} | {key[1]} | {len(values)} | {' | '.join(percent(table[key]) for table in tables)} |")
+    every = [[v for values in table.values() for v in values] for table in tables]
+    print(f"| all | | {len(every[0])} | {' | '.join(percent(values) for values in every)} |")
 
 
 if __name__ == "__main__":

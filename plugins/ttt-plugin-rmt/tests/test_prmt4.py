@@ -78,6 +78,7 @@ VARIANTS = {
     "shifted-token-lr": {"reconstruct_from": "shifted", "token_lr": True},
     "shifted-output-keep-norm": {"reconstruct_from": "shifted_output", "keep_memory_norm": True},
     "shifted-lm-inner": {"reconstruct_from": "shifted", "lm_inner_weight": 0.5},
+    "lm-inner-every-layer": {"lm_inner_weight": 0.5, "lm_inner_layers": LAYERS},
 }
 
 
@@ -156,14 +157,15 @@ def test_keep_memory_norm_moves_only_the_direction(monkeypatch) -> None:
         assert free.norm() > 1.05 * kept.norm()  # without it the write grows the memory
 
 
-def test_lm_inner_weight_changes_only_the_top_layer_write(monkeypatch) -> None:
-    """The next-token term enters the top layer's inner loss and no other: the lower layers' memories
-    are the same with and without it, the top layer's differs."""
+@pytest.mark.parametrize("lm_layers", [1, 2])
+def test_lm_inner_weight_changes_only_the_top_layers_writes(lm_layers: int, monkeypatch) -> None:
+    """The next-token term enters the inner loss of the top `lm_inner_layers` layers and no other: the
+    lower layers' memories are the same with and without it, the top layers' differ."""
     adapted = record_adapted(monkeypatch, "lm_inner_weight")
     for weight in (1.0, 0.0):
-        make_model(lm_inner_weight=weight, schedule="sequential").eval()(make_episode())
+        make_model(lm_inner_weight=weight, lm_inner_layers=lm_layers, schedule="sequential").eval()(make_episode())
     for cell, (with_lm, without) in enumerate(zip(adapted[1.0], adapted[0.0])):
-        if cell % LAYERS == LAYERS - 1:
+        if cell % LAYERS >= LAYERS - lm_layers:
             assert (with_lm - without).abs().max() > 1e-3, cell
         else:
             torch.testing.assert_close(with_lm, without)
@@ -228,12 +230,15 @@ def record_cells(model: MetaModel, monkeypatch: pytest.MonkeyPatch):
     return calls, outputs, embeds
 
 
-@pytest.mark.parametrize("lm_inner_weight", [0.0, 0.5], ids=["reconstruct", "lm-inner"])
+@pytest.mark.parametrize(
+    "lm_inner", [{}, {"lm_inner_weight": 0.5}, {"lm_inner_weight": 0.5, "lm_inner_layers": LAYERS}],
+    ids=["reconstruct", "lm-inner", "lm-inner-every-layer"],
+)
 @pytest.mark.parametrize("schedule", ["diagonal", "sequential"])
-def test_cell_depends_on_the_layer_below_and_the_segment_before(schedule: str, lm_inner_weight: float, monkeypatch) -> None:
+def test_cell_depends_on_the_layer_below_and_the_segment_before(schedule: str, lm_inner: dict, monkeypatch) -> None:
     """h_{l,s} and mem_{l,s} depend on the embeddings of segments <= s and the weights of layers <= l,
     and on nothing later (second order, so the memory's dependence on its segment is in the graph)."""
-    model = make_model(schedule=schedule, lm_inner_weight=lm_inner_weight).train()
+    model = make_model(schedule=schedule, **lm_inner).train()
     episode = make_episode()
     calls, outputs, embeds = record_cells(model, monkeypatch)
     model(episode)
@@ -261,6 +266,8 @@ def test_refuses_other_backbones_and_bad_input() -> None:
         model(make_episode())
     with pytest.raises(ValueError, match="option 'lm_inner_weight' must be >= 0; got -1.0"):
         PRMT4Config(lm_inner_weight=-1.0)
+    with pytest.raises(TTTError, match="lm_inner_layers = 4 is more than the backbone's 3 layers"):
+        make_model(lm_inner_layers=4)
 
 
 def test_registered_through_the_hook() -> None:

@@ -10,7 +10,7 @@ make a grid of cells (l, s); cell (l, s) does
 
 and the head reads h_{L-1,S}. With `lm_inner_weight` w, the top layer's (l = L-1) inner loss also
 gets w * the segment's next-token loss of head(layer_l([m; h_{l-1,s}])): a write keyed by content
-whose target is the next character.
+whose target is the next character (the top `lm_inner_layers` layers, each through the shared head).
 
 The MSE is divided by the (detached) mean square of the target, per example: hidden states are
 ~0.02 at init, so a plain MSE gives inner gradients ~1e-4 and a memory that an inner learning rate of
@@ -105,6 +105,10 @@ class PRMT4(nn.Module, Recurrence):
                 f"recurrence 'prmt4' runs the llama backbone's blocks (block_forward, stacked_layer_params); "
                 f"got backbone {type(backbone).__name__}"
             )
+        if config.lm_inner_layers > backbone.n_layers:
+            raise TTTError(
+                f"prmt4: lm_inner_layers = {config.lm_inner_layers} is more than the backbone's {backbone.n_layers} layers"
+            )
         if inner.stability:
             raise TTTError(
                 "recurrence 'prmt4' learns its own per-layer stability weight: set [recurrence] stability, "
@@ -172,12 +176,14 @@ class PRMT4(nn.Module, Recurrence):
         a = slice(adapt[0], adapt[-1] + 1)  # the query cell, if any, is the first: the rest is contiguous
         layers = range(cells[adapt[0]][0], cells[adapt[-1]][0] + 1)
         w = max(widths[a])  # the query may be wider than the context segments (and the global tokens)
-        top_ids = None  # the top layer's segment, for its next-token inner loss (last cell: layers ascend)
-        if self.config.lm_inner_weight and layers.stop == model.backbone.n_layers:
-            top_ids = F.pad(ids[cells[adapt[-1]][1]], (0, w - widths[adapt[-1]]))
+        lm_ids = None  # the segments of the cells with a next-token inner loss: the last ones (layers ascend)
+        first_lm_layer = model.backbone.n_layers - self.config.lm_inner_layers
+        lm_cells = [c for c in adapt if cells[c][0] >= first_lm_layer] if self.config.lm_inner_weight else []
+        if lm_cells:
+            lm_ids = torch.stack([F.pad(ids[cells[c][1]], (0, w - widths[c])) for c in lm_cells])
         adapted = self._adapt(
             model, layers, {k: p[a] for k, p in params.items()}, memory, inputs[a, :, :w], y[a, :, :w], real[a, :, :w],
-            top_ids, stats,
+            lm_ids, stats,
         )
         for layer, m in zip(layers, adapted.unbind(0)):
             memory[layer] = m
@@ -191,12 +197,12 @@ class PRMT4(nn.Module, Recurrence):
         inputs: Tensor,
         target: Tensor,
         real: Tensor,
-        top_ids: Tensor | None,
+        lm_ids: Tensor | None,
         stats: _Stats,
     ) -> Tensor:
         """K inner steps for C cells at once: memory `[C, B, M, d]` reconstructing `target [C, B, W, d]`,
-        the layers' outputs for `inputs [C, B, W, d]`; the last cell (the top layer) also predicts the
-        next token of `top_ids [B, W]` when that is given (lm_inner_weight).
+        the layers' outputs for `inputs [C, B, W, d]`; the last k cells also predict the next token of
+        their segments `lm_ids [k, B, W]` when that is given (lm_inner_weight, lm_inner_layers).
 
         The state is a fresh stack of the previous memories, so its gradient excludes the path through
         the target (which was computed from the same previous memories)."""
@@ -220,10 +226,11 @@ class PRMT4(nn.Module, Recurrence):
             normed = target * torch.rsqrt(target.pow(2).mean(-1, keepdim=True) + self.block_config.norm_eps)
             gate = torch.einsum("cbwd,cd->cbw", normed, self.token_lr_weight[layers.start : layers.stop])
             weights = weights * torch.sigmoid(gate + self.token_lr_bias[layers.start : layers.stop].view(cells, 1, 1))
-        if top_ids is not None:
-            top = {name: p[-1:] for name, p in params.items()}
-            top_inputs = project(top, inputs[-1:], self.config.memory_tokens, config=self.block_config)
-            pairs = real[-1, :, 1:] & real[-1, :, :-1]  # position i predicts the real token i + 1
+        if lm_ids is not None:
+            k = lm_ids.shape[0]
+            lm_params = {name: p[-k:] for name, p in params.items()}
+            lm_inputs = project(lm_params, inputs[-k:], self.config.memory_tokens, config=self.block_config)
+            pairs = real[-k:, :, 1:] & real[-k:, :, :-1]  # position i predicts the real token i + 1
             pair_count = pairs.sum(-1).clamp_min(1)
         rule = RULES[config.rule]
         state, buffers = anchor, {}
@@ -236,13 +243,14 @@ class PRMT4(nn.Module, Recurrence):
                 if config.outer_weight:
                     stats.outer.append(mse.mean(1).sum())
                 loss = mse + stability * (state - anchor).pow(2).sum((-2, -1))
-                if top_ids is not None:
-                    out_top = block_forward_prefixed(top, state[-1:], top_inputs, config=self.block_config)[0]
+                if lm_ids is not None:
+                    out_lm = block_forward_prefixed(lm_params, state[-k:], lm_inputs, config=self.block_config)
                     nll = F.cross_entropy(
-                        model.backbone.head(out_top[:, :-1]).transpose(1, 2), top_ids[:, 1:], reduction="none"
-                    )
-                    lm = (nll * pairs).sum(-1) / pair_count
-                    loss = torch.cat([loss[:-1], loss[-1:] + self.config.lm_inner_weight * lm])
+                        model.backbone.head(out_lm[:, :, :-1]).flatten(0, 1).transpose(1, 2),
+                        lm_ids[:, :, 1:].flatten(0, 1), reduction="none",
+                    ).view_as(pairs)
+                    lm = (nll * pairs).sum(-1) / pair_count  # [k, B]
+                    loss = torch.cat([loss[:-k], loss[-k:] + self.config.lm_inner_weight * lm])
                 (grad,) = torch.autograd.grad(
                     loss.sum(), state, create_graph=create_graph, retain_graph=create_graph or bool(config.outer_weight)
                 )

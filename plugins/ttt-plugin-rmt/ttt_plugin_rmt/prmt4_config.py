@@ -43,6 +43,12 @@ class PRMT4Config:
     lower layers' features of each position and its target is the next character, the signal that
     lets the baseline's memory bind a value to its key. Only the top layer can have it without
     breaking the diagonal dependency (cell (l, s) must not need layer l + 1)."""
+    lm_inner_layers: int = attrs.field(default=1, validator=positive)
+    """How many layers, from the top, get the `lm_inner_weight` term: each such layer's own output
+    `layer([m; h])` through the shared head (final norm + LM head) predicts the segment's next token.
+    1 is the top layer alone; more make the lower layers' writes content-keyed too (at a pair's `:`
+    they must predict the value, which rewards features at `:` that carry the key), still needing
+    only (l-1, s) and (l, s-1)."""
     init_std: float = attrs.field(default=0.02, validator=positive)
     """Standard deviation of the initial memory and global tokens."""
     schedule: str = attrs.field(default="diagonal", validator=one_of("diagonal", "sequential"))
