@@ -41,8 +41,9 @@ class PRMT4Config:
     `layer([m; h])`, the real segment, not the stand-in). The reconstruction write is keyed by
     position (or the previous token) and its target is a hidden state; this one is keyed by the
     lower layers' features of each position and its target is the next character, the signal that
-    lets the baseline's memory bind a value to its key. Only the top layer can have it without
-    breaking the diagonal dependency (cell (l, s) must not need layer l + 1)."""
+    lets the baseline's memory bind a value to its key. The head reads the layer's own output, not
+    the model's last hidden state, so that cell (l, s) never needs layer l + 1 (the diagonal rule);
+    for the top layer the two are the same."""
     lm_inner_layers: int = attrs.field(default=1, validator=positive)
     """How many layers, from the top, get the `lm_inner_weight` term: each such layer's own output
     `layer([m; h])` through the shared head (final norm + LM head) predicts the segment's next token.
