@@ -10,6 +10,7 @@ from ttt_core.cli import main
 from ttt_core.errors import TTTError
 from ttt_core.recipe import load_recipe
 from ttt_core.train.checkpoint import load_checkpoint, save_atomic
+from ttt_core.train.plot import run_labels
 from ttt_core.train.trainer import Trainer
 
 TINY = str(Path(__file__).parents[1] / "recipes" / "tiny" / "baseline_ar_tiny.toml")
@@ -102,6 +103,11 @@ def test_cli_eval_and_plot(tmp_path, capsys):
     png = tmp_path / "curves.png"
     assert main(["plot", str(tmp_path / "run"), "--out", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_labels_tell_same_named_runs_apart():
+    runs = [Path("runs/a/stage-n1"), Path("runs/b/stage-n1"), Path("runs/c")]
+    assert run_labels(runs) == ["a/stage-n1", "b/stage-n1", "c"]
 
 
 def test_init_from_starts_a_new_run_from_old_weights(tmp_path):

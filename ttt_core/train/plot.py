@@ -31,6 +31,13 @@ def headline_of(records: list[dict]) -> str:
     return next((name for name in HEADLINES if val and all(name in r for r in val)), "loss")
 
 
+def run_labels(run_dirs: list[Path]) -> list[str]:
+    """Each run's directory name, or `parent/name` where names repeat (curriculum stages of several
+    runs are all `stage-NAME`)."""
+    names = [d.name for d in run_dirs]
+    return [f"{d.parent.name}/{d.name}" if names.count(d.name) > 1 else d.name for d in run_dirs]
+
+
 def plot_runs(run_dirs: list[str], out: str) -> str:
     try:
         import matplotlib
@@ -46,18 +53,18 @@ def plot_runs(run_dirs: list[str], out: str) -> str:
     metric = metrics.pop()
     label, scale, limits = HEADLINES[metric]
     fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(11, 4))
-    for run_dir, records in runs.items():
+    for name, records in zip(run_labels(list(runs)), runs.values()):
         train = [r for r in records if r["split"] == "train"]
         val = [r for r in records if r["split"] == "val"]
-        ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label=run_dir.name)
-        ax_val.plot([r["step"] for r in val], [scale * r[metric] for r in val], marker="o", label=run_dir.name)
+        ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label=name)
+        ax_val.plot([r["step"] for r in val], [scale * r[metric] for r in val], marker="o", label=name)
     ax_loss.set(xlabel="step", ylabel="training loss", yscale="log", title="training loss")
     ax_val.set(xlabel="step", ylabel=label, title=f"validation {label}")
     if limits:
         ax_val.set_ylim(*limits)
     for ax in (ax_loss, ax_val):
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
