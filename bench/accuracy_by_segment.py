@@ -20,7 +20,7 @@ from ttt_core.train.trainer import step_loss
 
 
 def percent(values: list[float]) -> str:
-    return f"{100 * sum(values) / len(values):.2f}%"
+    return f"{100 * sum(values) / len(values):.2f}%" if values else "n/a"
 
 
 def main() -> None:
@@ -55,11 +55,12 @@ def main() -> None:
             where = (segment, sample.segments[segment].count(":"))  # the pair's segment, its pair count
             hits[where].append(right)
             answer = task.tokenizer.decode(answers[row])[: len(sample.value)]
-            others[where].append(float(any(answer == value for key, value in sample.pairs if key != sample.key)))
+            other_values = [value for key, value in sample.pairs if key != sample.key]
+            others[where].append(float(answer in other_values))
             first[where].append(float(answer[:1] == sample.value[:1]))
-            first_other[where].append(float(answer[:1] != sample.value[:1] and any(
-                answer[:1] == value[:1] for key, value in sample.pairs if key != sample.key)))
-            later[where].append(sum(a == b for a, b in zip(answer[1:], sample.value[1:])) / (len(sample.value) - 1))
+            first_other[where].append(float(answer[:1] != sample.value[:1] and answer[:1] in [v[:1] for v in other_values]))
+            if len(sample.value) > 1:
+                later[where].append(sum(a == b for a, b in zip(answer[1:], sample.value[1:])) / (len(sample.value) - 1))
     print(f"{run.checkpoint} (step {run.step}), {args.split}, {samples} samples")
     tables = (hits, others, first, first_other, later)
     print("| segment of the queried pair | pairs in that segment | samples | exact match | another pair's value "

@@ -8,9 +8,10 @@ make a grid of cells (l, s); cell (l, s) does
                                   + w_l * ||m - mem_{l,s-1}||^2,    m starting at mem_{l,s-1}
                 -> mem_{l,s}                                         (not on the query)
 
-and the head reads h_{L-1,S}. With `lm_inner_weight` w, the top layer's (l = L-1) inner loss also
-gets w * the segment's next-token loss of head(layer_l([m; h_{l-1,s}])): a write keyed by content
-whose target is the next character (the top `lm_inner_layers` layers, each through the shared head).
+and the head reads h_{L-1,S}. With `lm_inner_weight` w, the inner loss of each of the top
+`lm_inner_layers` layers (default: the top layer alone) also gets w * the segment's next-token loss
+of head(layer_l([m; h_{l-1,s}])), the shared head on that layer's own output: a write keyed by
+content whose target is the next character.
 
 The MSE is divided by the (detached) mean square of the target, per example: hidden states are
 ~0.02 at init, so a plain MSE gives inner gradients ~1e-4 and a memory that an inner learning rate of
