@@ -264,7 +264,7 @@ def test_answer_logits_inputs_teacher_forcing(make):
 
 
 def perfect_logits(e, offset=0):
-    ids, mask, positions = answer_logits_inputs(e)
+    ids, _mask, positions = answer_logits_inputs(e)
     logits = torch.zeros(e.batch_size, ids.shape[1] + offset, TOK.vocab_size)
     for b in range(e.batch_size):
         for j in range(e.target.ids.shape[1]):

@@ -102,7 +102,7 @@ def test_learned_lr_shapes_and_clipping():
     assert loop.log_lr.shape == (3, 2) and math.isclose(float(loop.lr(2, 1).detach()), 0.5, rel_tol=1e-6)
     config = InnerConfig(steps=1, lr=1.0, clip_norm=0.1, learn_lr="none")
     w0 = torch.full((2, 3), 5.0, requires_grad=True)
-    state, stats = InnerLoop(config, ["w"])(lambda s: s["w"].pow(2).sum(-1) * torch.tensor([1.0, 100.0]), {"w": w0})
+    state, _ = InnerLoop(config, ["w"])(lambda s: s["w"].pow(2).sum(-1) * torch.tensor([1.0, 100.0]), {"w": w0})
     step = (w0 - state["w"]).norm(dim=-1)
     torch.testing.assert_close(step, torch.full((2,), 0.1), atol=1e-5, rtol=1e-5)
 

@@ -11,7 +11,6 @@ import torch
 from ttt_core.builtin.lm_config import LMTextConfig
 from ttt_core.builtin.lm_text import LMText
 from ttt_core.cli import main
-from ttt_core.errors import TTTError
 from ttt_core.recipe import load_recipe
 from ttt_core.tokenizer import ByteTokenizer
 from ttt_core.train.trainer import Trainer

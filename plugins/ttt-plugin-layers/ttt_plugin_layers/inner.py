@@ -163,7 +163,7 @@ def dual_form(inner: type, state: FastWeights, Q: Tensor, K: Tensor, T: Tensor, 
     Only `inner.update` runs sequentially; readouts run `group` mini-batches at a time, and
     everything independent of the fast weights is computed once for the whole chunk.
     """
-    B, H, n, f = Q.shape
+    n = Q.shape[2]
     k = te_table.shape[0]
     p0 = int(state.pos[0])
     N = math.ceil((p0 + n) / k)

@@ -18,7 +18,6 @@ from ttt_core.config import InnerConfig
 from ttt_core.episode import Episode, Segment, answer_loss
 from ttt_core.errors import TTTError
 from ttt_core.model import MetaModel
-from ttt_plugin_rmt import prmt4 as prmt4_module
 from ttt_plugin_rmt.prmt4 import PRMT4, diagonal_waves, sequential_cells
 from ttt_plugin_rmt.prmt4_config import PRMT4Config
 
