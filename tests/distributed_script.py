@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ttt_core.recipe import load_recipe
 from ttt_core.train import distributed
-from ttt_core.train.distributed import DeepSpeedTrainer, init_process_group, resolve_config
+from ttt_core.train.distributed import DeepSpeedTrainer, exit_rank, init_process_group, resolve_config
 
 real_step_loss = distributed.step_loss
 
@@ -58,9 +58,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-    # As ttt_core.train.worker does: leave without C++ static destructors, where a still-joinable
-    # gloo/DeepSpeed thread aborts a finished rank now and then ("terminate called without an active
-    # exception"; seen once more in session 8's CI, with no Python frame on the aborting thread).
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_rank(0)  # as the worker does (the abort at exit recurred here in session 8's CI)

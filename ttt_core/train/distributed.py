@@ -37,7 +37,7 @@ import shutil
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -441,6 +441,15 @@ def consolidate(directory: Path, tag: str | None = None) -> tuple[Path, dict[str
 
 
 # --- entry point of one rank ----------------------------------------------------------------------
+
+
+def exit_rank(code: int) -> NoReturn:
+    """End a finished rank without running C++ static destructors: a gloo/DeepSpeed thread still
+    joinable there aborts the rank now and then ("terminate called without an active exception",
+    SIGABRT after a complete run). Call it once every file is written and the process group is gone."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def worker_main(argv: list[str] | None = None) -> int:

@@ -5,18 +5,9 @@
 runs it, so that it is not imported twice (once as ``__main__``).
 """
 
-import os
-import sys
-
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from ttt_core.train.distributed import worker_main
+from ttt_core.train.distributed import exit_rank, worker_main
 
 if __name__ == "__main__":
-    code = record(worker_main)()
-    # Every file is written and the process group is gone; leave without running C++ static
-    # destructors: a gloo/DeepSpeed thread still joinable there aborts the finished rank now and then
-    # ("terminate called without an active exception", SIGABRT after a complete run).
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    exit_rank(record(worker_main)())
