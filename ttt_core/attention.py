@@ -71,12 +71,16 @@ def attend(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, scale: float
     return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale)
 
 
-def allowed_keys(key_mask: Tensor) -> Tensor:
-    """`[N, 1, T, T]` bool from a `[N, T]` key mask: causal, real keys only, and always the diagonal."""
+def allowed_keys(key_mask: Tensor, segments: Tensor | None = None) -> Tensor:
+    """`[N, 1, T, T]` bool from a `[N, T]` key mask: causal, real keys only, and always the diagonal;
+    with `segments` `[N, T]` (several sequences packed in one row) only keys of the query's own."""
     t = key_mask.shape[-1]
     causal = torch.ones(t, t, dtype=torch.bool, device=key_mask.device).tril()
     diagonal = torch.eye(t, dtype=torch.bool, device=key_mask.device)
-    return (causal & key_mask[:, None, None, :].bool()) | diagonal
+    allowed = causal & key_mask[:, None, None, :].bool()
+    if segments is not None:
+        allowed = allowed & (segments[:, None, :, None] == segments[:, None, None, :])
+    return allowed | diagonal
 
 
 def _math_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, scale: float | None = None) -> Tensor:

@@ -14,13 +14,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ttt_core.packing import PairPacking
+
 
 @attrs.frozen(eq=False)
 class Segment:
-    """A right-padded batch of token sequences: ids `[B, T]` long, mask `[B, T]` bool."""
+    """A right-padded batch of token sequences: ids `[B, T]` long, mask `[B, T]` bool; optionally the
+    pair layout of its rows behind a learner's prefix (`ttt_core.packing`, attached by the learner)."""
 
     ids: Tensor
     mask: Tensor
+    packing: PairPacking | None = None
 
     @classmethod
     def from_lists(cls, seqs: Sequence[Sequence[int]], pad_id: int = 0) -> Segment:
@@ -36,7 +40,9 @@ class Segment:
         return self.mask.sum(-1)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Segment:
-        return Segment(self.ids.to(device, non_blocking=non_blocking), self.mask.to(device, non_blocking=non_blocking))
+        move = lambda x: x.to(device, non_blocking=non_blocking)  # noqa: E731
+        packing = None if self.packing is None else PairPacking(*map(move, self.packing))
+        return Segment(move(self.ids), move(self.mask), packing)
 
 
 @attrs.frozen(eq=False)

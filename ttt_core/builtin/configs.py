@@ -47,6 +47,9 @@ class MemoryTokensConfig:
 
     tokens: int = attrs.field(default=8, validator=positive)
     init_std: float = attrs.field(default=0.02, validator=positive)
+    # the context pass on two examples per row (ttt_core.packing): less padding, same results up to
+    # float rounding; needs a backbone whose forward takes `positions` and `segments` (llama does)
+    pack_pairs: bool = False
 
 
 @attrs.define

@@ -86,9 +86,14 @@ def _qk_tables(positions: Tensor, config: LlamaConfig, dtype: torch.dtype) -> tu
     return (cos * scale).to(dtype), (sin * sign * scale).to(dtype)
 
 
-def _prepare(x: Tensor, mask: Tensor | None, positions: Tensor | None, config: LlamaConfig) -> _Prepared:
+def _prepare(
+    x: Tensor, mask: Tensor | None, positions: Tensor | None, config: LlamaConfig, segments: Tensor | None = None
+) -> _Prepared:
     c, b, t, _ = x.shape
-    allowed = None if mask is None else allowed_keys(mask.expand(c, b, t).reshape(-1, t))
+    if segments is not None and mask is None:
+        mask = torch.ones(b, t, dtype=torch.bool, device=x.device)
+    cells = lambda m: m.expand(c, b, t).reshape(-1, t)  # noqa: E731
+    allowed = None if mask is None else allowed_keys(cells(mask), None if segments is None else cells(segments))
     if positions is None:
         positions = torch.arange(t, device=x.device)
     with torch.no_grad():  # constants: built once per forward, shared by every block
@@ -285,14 +290,18 @@ class Llama(nn.Module):
         mask: Tensor | None = None,
         return_hidden: bool = False,
         positions: Tensor | None = None,
+        segments: Tensor | None = None,
     ) -> BackboneOutput:
         """embeds `[B, T, d]`, mask `[B, T]` bool (True = real) -> logits `[B, T, V]`.
 
         Prefixes (memory tokens) are simply concatenated to `embeds`; positions default to arange(T)
         over the whole sequence. With left padding pass positions that start at the first real token.
+        Several sequences packed in one row (`ttt_core.packing`): `segments` `[B, T]` says which each
+        position belongs to (attention stays within one), `positions` restart for each.
         """
         x, hidden = embeds.unsqueeze(0), [embeds]
-        prep = _prepare(x, None if mask is None else mask.unsqueeze(0), positions, self.config)  # once for all layers
+        mask = None if mask is None else mask.unsqueeze(0)
+        prep = _prepare(x, mask, positions, self.config, segments)  # once for all layers
         for layer in self.layers:
             x = _block(layer.cell_params(), x, prep, self.config)
             hidden.append(x[0])

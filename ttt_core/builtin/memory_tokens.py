@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import torch
 from torch import Tensor, nn
 
@@ -9,6 +10,7 @@ from ttt_core.builtin.configs import MemoryTokensConfig
 from ttt_core.episode import Segment
 from ttt_core.interfaces import InnerLearner, State
 from ttt_core.model import lm_loss_per_example, prefixed_logits
+from ttt_core.packing import packed_prefixed_logits, packed_width, plan_pairs
 
 WRITER = "writer."
 
@@ -29,6 +31,7 @@ class MemoryTokens(nn.Module, InnerLearner):
         self.backbone = backbone
         self.writer = writer
         self.tokens = config.tokens
+        self.pack_pairs = config.pack_pairs
         self.memory = nn.Parameter(torch.randn(config.tokens, backbone.dim) * config.init_std)
 
     def init_state(self, batch_size: int) -> State:
@@ -42,8 +45,22 @@ class MemoryTokens(nn.Module, InnerLearner):
         context_mask = None if context is None else context.mask
         memory = self.writer(writer_state(state), state["memory"], context_emb, context_mask)
         # the inner loss runs on the context itself: embed it once, not once for the writer and again here
-        ids_emb = context_emb if context is not None and ids is context.ids else self.backbone.embed(ids)
-        return prefixed_logits(self.backbone, memory, ids_emb, mask)
+        if context is not None and ids is context.ids:
+            packing = context.packing
+            if packing is None and self.pack_pairs and not torch.compiler.is_compiling():
+                packing = plan_pairs(context.mask, self.tokens)  # eager; a compiled step attaches it before tracing
+            if packing is not None:
+                return packed_prefixed_logits(self.backbone, memory, context_emb, packing)
+            return prefixed_logits(self.backbone, memory, context_emb, mask)
+        return prefixed_logits(self.backbone, memory, self.backbone.embed(ids), mask)
+
+    def pack(self, segment: Segment, width: int = 0) -> Segment:
+        """`segment` with its pair layout attached, rows at least `width` wide (a compiled step keeps
+        the widest so far: static shapes); unchanged unless `pack_pairs`."""
+        if not self.pack_pairs:
+            return segment
+        width = max(width, packed_width(segment.mask, self.tokens))
+        return attrs.evolve(segment, packing=plan_pairs(segment.mask, self.tokens, width))
 
     def inner_loss(self, state: State, segment: Segment) -> Tensor:
         # the last memory position predicts the first token; the last token predicts nothing

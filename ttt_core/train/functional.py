@@ -84,11 +84,25 @@ class FunctionalStep:
         width = self.widths[name] = max(self.widths.get(name, 0), segment.ids.shape[1])
         return pad_segment(segment, width)
 
+    def _pad_and_pack(self, name: str, segment: Segment) -> Segment:
+        """Padded, then with the learner's pair layout attached (`pack_pairs`) at the widest row width
+        seen for the slot, grown in steps of 8 positions: static shapes, few compiles."""
+        segment = self._pad(name, segment)
+        pack = getattr(self.model.learner, "pack", None)
+        if pack is None:
+            return segment
+        seen = self.widths.get(name + ".packed", 0)
+        packed = pack(segment, seen)
+        if packed.packing is not None and packed.packing.mask.shape[1] > seen:
+            self.widths[name + ".packed"] = -(-packed.packing.mask.shape[1] // 8) * 8
+            packed = pack(segment, self.widths[name + ".packed"])
+        return packed
+
     def pad(self, episode: Episode) -> Episode:
         """Every segment padded to the widest seen for its slot: few distinct shapes, few compiles."""
         return Episode(
-            segments=tuple(self._pad(f"segment{i}", s) for i, s in enumerate(episode.segments)),
-            context=self._pad("context", episode.context),
+            segments=tuple(self._pad_and_pack(f"segment{i}", s) for i, s in enumerate(episode.segments)),
+            context=self._pad_and_pack("context", episode.context),
             query=self._pad("query", episode.query),
             target=self._pad("target", episode.target),
         )

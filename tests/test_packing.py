@@ -1,0 +1,108 @@
+"""Two examples per row (`ttt_core.packing`, `[memory.learner] pack_pairs`): same results as the
+padded layout, first and second order, eager and through the functional (compiled) step."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ttt_core.builtin.configs import LlamaConfig
+from ttt_core.builtin.llama import Llama
+from ttt_core.episode import Segment
+from ttt_core.model import prefixed_logits
+from ttt_core.packing import packed_prefixed_logits, packed_width, plan_pairs
+from ttt_core.recipe import load_recipe
+from ttt_core.train.build import build
+from ttt_core.train.functional import FunctionalStep
+from ttt_core.train.trainer import step_loss
+
+TINY = str(Path(__file__).parents[1] / "recipes" / "tiny" / "baseline_ar_tiny.toml")
+
+
+def right_padded_mask(lengths: list[int]) -> torch.Tensor:
+    return torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]
+
+
+@pytest.mark.parametrize("lengths", [[5, 1, 3, 4], [7, 2, 2, 6, 1]], ids=["even", "odd"])
+def test_plan_places_every_real_position_once(lengths):
+    prefix, mask = 2, right_padded_mask(lengths)
+    b, t = mask.shape
+    plan = plan_pairs(mask, prefix)
+    rows, width = plan.mask.shape
+    assert rows == (b + 1) // 2 and width == packed_width(mask, prefix)
+    # longest with shortest: [7, 1], [6, 2], [2] -> 9 + 3 = 12 positions at most (prefix 2 each)
+    assert width == max(sorted(lengths)[i] + sorted(lengths)[b - 1 - i] for i in range(b // 2)) + 2 * prefix
+    real = torch.cat([torch.ones(b, prefix, dtype=torch.bool), mask], 1).view(-1)
+    flat = torch.arange(b * (prefix + t))
+    packed_at = plan.gather[plan.mask.view(-1)]
+    assert sorted(packed_at.tolist()) == flat[real].tolist()  # each real position exactly once
+    assert torch.equal(plan.gather[plan.scatter[real]], flat[real])  # scatter inverts gather
+    example = flat[real] // (prefix + t)
+    assert torch.equal(plan.segments.view(-1)[plan.scatter[real]], example)
+    assert torch.equal(plan.positions.view(-1)[plan.scatter[real]], flat[real] % (prefix + t))
+    assert (plan.segments[~plan.mask] == -1).all()
+
+
+def test_plan_rejects_a_width_that_does_not_fit():
+    mask = right_padded_mask([5, 1, 3, 4])
+    with pytest.raises(ValueError, match="needs rows of 11"):
+        plan_pairs(mask, 2, width=10)
+    assert plan_pairs(mask, 2, width=16).mask.shape == (2, 16)
+
+
+def test_packed_logits_equal_padded():
+    torch.manual_seed(0)
+    backbone = Llama(LlamaConfig(layers=2, heads=2, dim=16), vocab_size=11)
+    mask = right_padded_mask([6, 2, 5, 3, 1])
+    embeds, prefix = torch.randn(5, 6, 16), torch.randn(5, 3, 16)
+    padded = prefixed_logits(backbone, prefix, embeds, mask)
+    packed = packed_prefixed_logits(backbone, prefix, embeds, plan_pairs(mask, 3, width=20))
+    real = torch.cat([torch.ones(5, 3, dtype=torch.bool), mask], 1)
+    assert torch.allclose(packed[real], padded[real], atol=1e-5)
+
+
+def two_models(overrides: list[str]):
+    """The tiny baseline twice from one seed, the second with `pack_pairs`, and an odd batch."""
+    plain = build(load_recipe(TINY, overrides))
+    packed = build(load_recipe(TINY, [*overrides, "memory.learner.pack_pairs=true"]))
+    return plain, packed, plain.task.train_batch(0, 7)
+
+
+def assert_same_gradients(expected, got, tol: float) -> None:
+    named = dict(got.named_parameters())
+    for name, param in expected.named_parameters():
+        error = (named[name].grad - param.grad).abs().max() / param.grad.abs().max().clamp_min(1e-30)
+        assert error < tol, (name, float(error))
+
+
+@pytest.mark.parametrize("grad_mode", ["second", "first"])
+def test_packed_training_step_equals_padded(grad_mode):
+    plain, packed, episode = two_models([f"inner.grad_mode='{grad_mode}'"])
+    losses = []
+    for built in (plain, packed):
+        loss, out = step_loss(built.model, episode)
+        loss.backward()
+        losses.append((loss.detach(), out.stats["inner_loss"].detach()))
+    assert torch.allclose(losses[0][0], losses[1][0], rtol=1e-6)
+    assert torch.allclose(losses[0][1], losses[1][1], rtol=1e-6)
+    assert_same_gradients(plain.model, packed.model, tol=1e-5)
+
+
+def test_functional_step_packs_at_a_width_that_only_grows():
+    plain, packed, episode = two_models(["inner.grad_mode='second'"])
+    loss, _ = step_loss(plain.model, episode)
+    loss.backward()
+    step = FunctionalStep(packed.model, compile=True, backend="aot_eager")
+    f_loss, _ = step(episode)
+    assert torch.allclose(f_loss, loss.detach(), rtol=1e-6)
+    assert_same_gradients(plain.model, packed.model, tol=1e-5)
+    width = step.widths["context.packed"]
+    assert width % 8 == 0 and width >= packed_width(episode.context.mask, packed.model.learner.tokens)
+    narrow = Segment(episode.context.ids[:, :3], episode.context.mask[:, :3])
+    assert step._pad_and_pack("context", narrow).packing.mask.shape[1] == width  # never narrower
+
+
+def test_pack_pairs_is_off_by_default():
+    built = build(load_recipe(TINY))
+    context = built.task.train_batch(0, 4).context
+    assert built.model.learner.pack(context) is context
