@@ -10,7 +10,7 @@ from ttt_core.builtin.configs import LlamaConfig
 from ttt_core.builtin.llama import Llama
 from ttt_core.episode import Segment
 from ttt_core.model import prefixed_logits
-from ttt_core.packing import packed_prefixed_logits, packed_width, plan_pairs
+from ttt_core.packing import packed_prefixed_logits, plan_pairs
 from ttt_core.recipe import load_recipe
 from ttt_core.train.build import build
 from ttt_core.train.functional import FunctionalStep
@@ -29,7 +29,7 @@ def test_plan_places_every_real_position_once(lengths):
     b, t = mask.shape
     plan = plan_pairs(mask, prefix)
     rows, width = plan.mask.shape
-    assert rows == (b + 1) // 2 and width == packed_width(mask, prefix)
+    assert rows == (b + 1) // 2
     # longest with shortest: [7, 1], [6, 2], [2] -> 9 + 3 = 12 positions at most (prefix 2 each)
     assert width == max(sorted(lengths)[i] + sorted(lengths)[b - 1 - i] for i in range(b // 2)) + 2 * prefix
     real = torch.cat([torch.ones(b, prefix, dtype=torch.bool), mask], 1).view(-1)
@@ -43,11 +43,12 @@ def test_plan_places_every_real_position_once(lengths):
     assert (plan.segments[~plan.mask] == -1).all()
 
 
-def test_plan_rejects_a_width_that_does_not_fit():
-    mask = right_padded_mask([5, 1, 3, 4])
-    with pytest.raises(ValueError, match="needs rows of 11"):
-        plan_pairs(mask, 2, width=10)
-    assert plan_pairs(mask, 2, width=16).mask.shape == (2, 16)
+def test_plan_width_at_least_and_a_multiple():
+    mask = right_padded_mask([5, 1, 3, 4])  # pairs (5, 1) and (4, 3) behind 2: 11 positions
+    assert plan_pairs(mask, 2).mask.shape == (2, 11)
+    assert plan_pairs(mask, 2, multiple=8).mask.shape == (2, 16)
+    assert plan_pairs(mask, 2, min_width=20, multiple=8).mask.shape == (2, 24)
+    assert plan_pairs(mask, 2, min_width=13).mask.shape == (2, 13)
 
 
 def test_packed_logits_equal_padded():
@@ -56,7 +57,7 @@ def test_packed_logits_equal_padded():
     mask = right_padded_mask([6, 2, 5, 3, 1])
     embeds, prefix = torch.randn(5, 6, 16), torch.randn(5, 3, 16)
     padded = prefixed_logits(backbone, prefix, embeds, mask)
-    packed = packed_prefixed_logits(backbone, prefix, embeds, plan_pairs(mask, 3, width=20))
+    packed = packed_prefixed_logits(backbone, prefix, embeds, plan_pairs(mask, 3, min_width=20))
     real = torch.cat([torch.ones(5, 3, dtype=torch.bool), mask], 1)
     assert torch.allclose(packed[real], padded[real], atol=1e-5)
 
@@ -97,7 +98,7 @@ def test_functional_step_packs_at_a_width_that_only_grows():
     assert torch.allclose(f_loss, loss.detach(), rtol=1e-6)
     assert_same_gradients(plain.model, packed.model, tol=1e-5)
     width = step.widths["context.packed"]
-    assert width % 8 == 0 and width >= packed_width(episode.context.mask, packed.model.learner.tokens)
+    assert width % 8 == 0 and width >= plan_pairs(episode.context.mask, packed.model.learner.tokens).mask.shape[1]
     narrow = Segment(episode.context.ids[:, :3], episode.context.mask[:, :3])
     assert step._pad_and_pack("context", narrow).packing.mask.shape[1] == width  # never narrower
 

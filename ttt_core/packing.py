@@ -37,23 +37,16 @@ def _pairs(lengths: list[int]) -> list[list[int]]:
     return [[order[r], order[b - 1 - r]] if r != b - 1 - r else [order[r]] for r in range((b + 1) // 2)]
 
 
-def packed_width(mask: Tensor, prefix: int) -> int:
-    """The narrowest row width `plan_pairs` can use for this right-padded `[B, T]` mask."""
-    lengths = (mask.sum(-1) + prefix).tolist()
-    return max(sum(lengths[i] for i in pair) for pair in _pairs(lengths))
-
-
-def plan_pairs(mask: Tensor, prefix: int, width: int | None = None) -> PairPacking:
+def plan_pairs(mask: Tensor, prefix: int, min_width: int = 0, multiple: int = 1) -> PairPacking:
     """The pair layout of a right-padded context mask `[B, T]` behind `prefix` always-real positions,
-    in rows of `width` (default: the narrowest that fits; a fixed wider one keeps shapes static)."""
+    in rows as narrow as fits, but at least `min_width` and a multiple of `multiple` wide (a compiled
+    step passes the widest so far: static shapes, few compiles)."""
     b, t = mask.shape
     n = prefix + t
     lengths = (mask.sum(-1) + prefix).tolist()
     pairs = _pairs(lengths)
     need = max(sum(lengths[i] for i in pair) for pair in pairs)
-    width = need if width is None else width
-    if width < need:
-        raise ValueError(f"a pair of this batch needs rows of {need} positions, got width {width}")
+    width = -(-max(min_width, need) // multiple) * multiple
     rows = len(pairs)
     gather = torch.zeros(rows, width, dtype=torch.long)
     scatter = torch.zeros(b, n, dtype=torch.long)

@@ -10,7 +10,7 @@ from ttt_core.builtin.configs import MemoryTokensConfig
 from ttt_core.episode import Segment
 from ttt_core.interfaces import InnerLearner, State
 from ttt_core.model import lm_loss_per_example, prefixed_logits
-from ttt_core.packing import packed_prefixed_logits, packed_width, plan_pairs
+from ttt_core.packing import packed_prefixed_logits, plan_pairs
 
 WRITER = "writer."
 
@@ -54,13 +54,12 @@ class MemoryTokens(nn.Module, InnerLearner):
             return prefixed_logits(self.backbone, memory, context_emb, mask)
         return prefixed_logits(self.backbone, memory, self.backbone.embed(ids), mask)
 
-    def pack(self, segment: Segment, width: int = 0) -> Segment:
-        """`segment` with its pair layout attached, rows at least `width` wide (a compiled step keeps
-        the widest so far: static shapes); unchanged unless `pack_pairs`."""
+    def pack(self, segment: Segment, min_width: int = 0) -> Segment:
+        """`segment` with its pair layout attached, rows a multiple of 8 and at least `min_width` wide
+        (a compiled step passes the widest so far: static shapes); unchanged unless `pack_pairs`."""
         if not self.pack_pairs:
             return segment
-        width = max(width, packed_width(segment.mask, self.tokens))
-        return attrs.evolve(segment, packing=plan_pairs(segment.mask, self.tokens, width))
+        return attrs.evolve(segment, packing=plan_pairs(segment.mask, self.tokens, min_width, multiple=8))
 
     def inner_loss(self, state: State, segment: Segment) -> Tensor:
         # the last memory position predicts the first token; the last token predicts nothing

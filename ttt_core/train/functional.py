@@ -86,16 +86,14 @@ class FunctionalStep:
 
     def _pad_and_pack(self, name: str, segment: Segment) -> Segment:
         """Padded, then with the learner's pair layout attached (`pack_pairs`) at the widest row width
-        seen for the slot, grown in steps of 8 positions: static shapes, few compiles."""
+        seen for the slot: static shapes, few compiles."""
         segment = self._pad(name, segment)
         pack = getattr(self.model.learner, "pack", None)
         if pack is None:
             return segment
-        seen = self.widths.get(name + ".packed", 0)
-        packed = pack(segment, seen)
-        if packed.packing is not None and packed.packing.mask.shape[1] > seen:
-            self.widths[name + ".packed"] = -(-packed.packing.mask.shape[1] // 8) * 8
-            packed = pack(segment, self.widths[name + ".packed"])
+        packed = pack(segment, self.widths.get(name + ".packed", 0))
+        if packed.packing is not None:
+            self.widths[name + ".packed"] = packed.packing.mask.shape[1]
         return packed
 
     def pad(self, episode: Episode) -> Episode:
