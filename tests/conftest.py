@@ -48,3 +48,19 @@ def _one_thread():
     import torch
 
     torch.set_num_threads(1)
+
+
+@pytest.fixture
+def assert_same_gradients():
+    """Check that every parameter of `got` holds the gradient of the same-named parameter of
+    `expected` (two models built from one recipe and seed), to `tol` relative to its largest entry."""
+
+    def check(expected, got, tol: float) -> None:
+        named = dict(got.named_parameters())
+        for name, param in expected.named_parameters():
+            grad = named[name].grad
+            assert grad is not None, name
+            error = (grad - param.grad).abs().max() / param.grad.abs().max().clamp_min(1e-30)
+            assert error < tol, (name, float(error))
+
+    return check

@@ -28,15 +28,6 @@ def eager_and_functional(overrides: list[str], compile: bool = False, backend: s
     return eager.model, functional.model, (loss, out), (f_loss, f_out)
 
 
-def assert_same_gradients(eager, functional, tol: float) -> None:
-    named = dict(functional.named_parameters())
-    for name, param in eager.named_parameters():
-        got = named[name].grad
-        assert got is not None, name
-        error = (got - param.grad).abs().max() / param.grad.abs().max().clamp_min(1e-30)
-        assert error < tol, (name, float(error))
-
-
 @pytest.mark.parametrize(
     "overrides",
     [
@@ -48,7 +39,7 @@ def assert_same_gradients(eager, functional, tol: float) -> None:
     ],
     ids=["second", "first", "truncated", "stability-outer-weight", "tied-momentum"],
 )
-def test_functional_gradients_equal_eager(overrides):
+def test_functional_gradients_equal_eager(overrides, assert_same_gradients):
     eager, functional, (loss, out), (f_loss, f_out) = eager_and_functional(overrides)
     assert torch.allclose(f_loss, loss.detach(), rtol=1e-6)
     assert torch.allclose(f_out.logits, out.logits.detach(), rtol=1e-5, atol=1e-6)
@@ -86,7 +77,7 @@ def test_compile_with_deepspeed_is_refused():
 
 
 @pytest.mark.parametrize("mode", ["second", "first"])
-def test_traced_step_equals_eager(mode):
+def test_traced_step_equals_eager(mode, assert_same_gradients):
     """The whole step through `torch.compile` (dynamo + AOTAutograd, full graph, no graph break):
     backend "aot_eager" runs the traced graph without inductor's C++ codegen, which takes minutes."""
     eager, functional, (loss, _), (f_loss, _) = eager_and_functional(

@@ -69,15 +69,8 @@ def two_models(overrides: list[str]):
     return plain, packed, plain.task.train_batch(0, 7)
 
 
-def assert_same_gradients(expected, got, tol: float) -> None:
-    named = dict(got.named_parameters())
-    for name, param in expected.named_parameters():
-        error = (named[name].grad - param.grad).abs().max() / param.grad.abs().max().clamp_min(1e-30)
-        assert error < tol, (name, float(error))
-
-
 @pytest.mark.parametrize("grad_mode", ["second", "first"])
-def test_packed_training_step_equals_padded(grad_mode):
+def test_packed_training_step_equals_padded(grad_mode, assert_same_gradients):
     plain, packed, episode = two_models([f"inner.grad_mode='{grad_mode}'"])
     losses = []
     for built in (plain, packed):
@@ -89,7 +82,7 @@ def test_packed_training_step_equals_padded(grad_mode):
     assert_same_gradients(plain.model, packed.model, tol=1e-5)
 
 
-def test_functional_step_packs_at_a_width_that_only_grows():
+def test_functional_step_packs_at_a_width_that_only_grows(assert_same_gradients):
     plain, packed, episode = two_models(["inner.grad_mode='second'"])
     loss, _ = step_loss(plain.model, episode)
     loss.backward()
