@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ttt_core.errors import RecipeError
+from ttt_core.errors import RecipeError, TTTError
 from ttt_core.recipe import load_recipe
 from ttt_core.train.build import build
 from ttt_core.train import functional as functional_module
@@ -118,3 +118,20 @@ def test_trainer_with_inductor_trains_like_eager(tmp_path):
     eager = trainer_losses(tmp_path / "eager", COMMON)
     compiled = trainer_losses(tmp_path / "compiled", [*COMMON, "train.compile=true"])
     assert_same_records(eager, compiled)
+
+
+def test_untraceable_component_is_refused_with_a_clear_error(monkeypatch):
+    """A component calling `torch.autograd.grad` itself cannot be traced: `[train] compile` says so."""
+    built = build(load_recipe(TINY, []))
+    recurrence = type(built.model.recurrence)
+    forward = recurrence.forward
+
+    def forward_with_autograd(self, model, episode):
+        out = forward(self, model, episode)
+        torch.autograd.grad(out.logits.sum(), model.backbone.tok_embeddings.weight, create_graph=True)
+        return out
+
+    monkeypatch.setattr(recurrence, "forward", forward_with_autograd)
+    step = FunctionalStep(built.model, compile=True, backend="aot_eager")
+    with pytest.raises(TTTError, match="set train.compile = false"):
+        step(built.task.train_batch(0, 4))

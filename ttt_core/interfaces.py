@@ -119,6 +119,12 @@ class Recurrence(ABC):
     own inner learning rates from the recipe's. Do not keep the backbone as a submodule (its
     parameters would be trained twice): ``forward`` receives it as ``model.backbone``. A recurrence
     that needs neither accepts and ignores them (``**context``).
+
+    A recurrence that runs its own inner loop (PRMT4) takes its step gradients with
+    ``torch.func.grad`` when ``model.inner.functional`` is set, as ``InnerLoop`` does: the compiled
+    training step (``[train] compile``) is a ``torch.func`` transform, which ``autograd.grad`` does not
+    compose with. Under it, build no frozen attrs objects (``Segment``) inside ``forward``: dynamo
+    cannot construct them.
     """
 
     @abstractmethod

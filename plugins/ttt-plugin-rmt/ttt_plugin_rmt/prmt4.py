@@ -46,7 +46,7 @@ from ttt_core.attention import keep_graph
 from ttt_core.builtin.llama import Llama, block_forward_prefixed, project
 from ttt_core.config import InnerConfig
 from ttt_core.errors import TTTError
-from ttt_core.episode import Episode, Segment, answer_logits_inputs, gather_answer_logits
+from ttt_core.episode import Episode, answer_logits_inputs, gather_answer_logits
 from ttt_core.inner import LR_AXES, RULES, clip_per_example, per_example_norm
 from ttt_core.interfaces import Recurrence
 from ttt_core.model import MetaModel, ReadOutput
@@ -233,28 +233,37 @@ class PRMT4(nn.Module, Recurrence):
             lm_inputs = project(lm_params, inputs[-k:], self.config.memory_tokens, config=self.block_config)
             pairs = real[-k:, :, 1:] & real[-k:, :, :-1]  # position i predicts the real token i + 1
             pair_count = pairs.sum(-1).clamp_min(1)
+
+        def inner_loss(state: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+            out = block_forward_prefixed(params, state, glob, config=self.block_config)
+            error = ((out - target).pow(2).mean(-1) * weights).sum(-1)
+            mse = error / (count * scale)  # [C, B]: MSE / mean square of target
+            loss = mse + stability * (state - anchor).pow(2).sum((-2, -1))
+            if lm_ids is not None:
+                out_lm = block_forward_prefixed(lm_params, state[-k:], lm_inputs, config=self.block_config)
+                nll = F.cross_entropy(
+                    model.backbone.head(out_lm[:, :, :-1]).flatten(0, 1).transpose(1, 2),
+                    lm_ids[:, :, 1:].flatten(0, 1), reduction="none",
+                ).view_as(pairs)
+                lm = (nll * pairs).sum(-1) / pair_count  # [k, B]
+                loss = torch.cat([loss[:-k], loss[-k:] + self.config.lm_inner_weight * lm])
+            return loss.sum(), (loss, mse)
+
         rule = RULES[config.rule]
         state, buffers = anchor, {}
         for step in range(config.steps):
             create_graph = model.inner.create_graph(step)
-            with keep_graph(create_graph):
-                out = block_forward_prefixed(params, state, glob, config=self.block_config)
-                error = ((out - target).pow(2).mean(-1) * weights).sum(-1)
-                mse = error / (count * scale)  # [C, B]: MSE / mean square of target
-                if config.outer_weight:
-                    stats.outer.append(mse.mean(1).sum())
-                loss = mse + stability * (state - anchor).pow(2).sum((-2, -1))
-                if lm_ids is not None:
-                    out_lm = block_forward_prefixed(lm_params, state[-k:], lm_inputs, config=self.block_config)
-                    nll = F.cross_entropy(
-                        model.backbone.head(out_lm[:, :, :-1]).flatten(0, 1).transpose(1, 2),
-                        lm_ids[:, :, 1:].flatten(0, 1), reduction="none",
-                    ).view_as(pairs)
-                    lm = (nll * pairs).sum(-1) / pair_count  # [k, B]
-                    loss = torch.cat([loss[:-k], loss[-k:] + self.config.lm_inner_weight * lm])
-                (grad,) = torch.autograd.grad(
-                    loss.sum(), state, create_graph=create_graph, retain_graph=create_graph or bool(config.outer_weight)
-                )
+            if model.inner.functional:  # inside the compiled step's torch.func.grad: autograd.grad cannot run there
+                with keep_graph():
+                    grad, (loss, mse) = torch.func.grad(inner_loss, has_aux=True)(state)
+            else:
+                with keep_graph(create_graph):
+                    total, (loss, mse) = inner_loss(state)
+                    (grad,) = torch.autograd.grad(
+                        total, state, create_graph=create_graph, retain_graph=create_graph or bool(config.outer_weight)
+                    )
+            if config.outer_weight:
+                stats.outer.append(mse.mean(1).sum())
             if not create_graph:
                 grad = grad.detach()
             grad = clip_per_example([grad.flatten(0, 1)], config)[0].view_as(grad)
@@ -272,21 +281,21 @@ class PRMT4(nn.Module, Recurrence):
 
     def forward(self, model: MetaModel, episode: Episode) -> ReadOutput:
         backbone = model.backbone
-        ids, mask, positions = answer_logits_inputs(episode)
-        segments = [*episode.segments, Segment(ids, mask)]
-        longest = max((s.ids.shape[1] for s in episode.segments), default=0)
+        query_ids, query_mask, positions = answer_logits_inputs(episode)
+        longest = max([0, *(s.ids.shape[1] for s in episode.segments)])
         if longest > self.config.global_tokens:
             raise TTTError(
                 f"prmt4: a context segment of {longest} tokens is longer than [recurrence] global_tokens = "
                 f"{self.config.global_tokens}"
             )
         batch, layers, query = episode.batch_size, backbone.n_layers, len(episode.segments)
-        hidden = [backbone.embed(s.ids) for s in segments]
-        masks = [s.mask for s in segments]
-        ids = [s.ids for s in segments]
+        # the query is the last "segment" (no Segment built here: dynamo cannot construct the frozen class)
+        ids = [*(s.ids for s in episode.segments), query_ids]
+        masks = [*(s.mask for s in episode.segments), query_mask]
+        hidden = [backbone.embed(x) for x in ids]
         memory = [self.memory[l].expand(batch, -1, -1) for l in range(layers)]
         diagonal = self.config.schedule == "diagonal"
-        groups = (diagonal_waves if diagonal else sequential_cells)(layers, len(segments))
+        groups = (diagonal_waves if diagonal else sequential_cells)(layers, len(ids))
         stacked = backbone.stacked_layer_params() if diagonal else None
         stats = _Stats(model.inner.config.steps)
         for cells in groups:
