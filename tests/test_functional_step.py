@@ -135,3 +135,13 @@ def test_untraceable_component_is_refused_with_a_clear_error(monkeypatch):
     step = FunctionalStep(built.model, compile=True, backend="aot_eager")
     with pytest.raises(TTTError, match="set train.compile = false"):
         step(built.task.train_batch(0, 4))
+
+
+def test_missing_cpp_compiler_is_refused_before_training(monkeypatch):
+    """Inductor needs a C++ compiler on CPU: without one `[train] compile` stops at once, saying so."""
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("no-such-c++-compiler",))
+    built = build(load_recipe(TINY, []))
+    with pytest.raises(TTTError, match="inductor needs a C\\+\\+ compiler"):
+        FunctionalStep(built.model, compile=True)

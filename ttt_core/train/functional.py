@@ -27,6 +27,20 @@ BACKEND = "inductor"
 """The `torch.compile` backend of `[train] compile` (tests trace with "aot_eager": no C++ to build)."""
 
 
+def require_cpp_compiler() -> None:
+    """Inductor builds its CPU kernels with a C++ compiler; without one the first step would fail
+    minutes into tracing with inductor's own error, so say it before training starts."""
+    from torch._inductor import cpp_builder, exc
+
+    try:
+        cpp_builder.get_cpp_compiler()
+    except exc.InvalidCxxCompiler as err:
+        raise TTTError(
+            "[train] compile: inductor needs a C++ compiler and found none (it looks for $CXX, else g++); "
+            "install one (e.g. apt install g++) or set train.compile = false"
+        ) from err
+
+
 def parameter_slots(model: torch.nn.Module) -> dict[str, str]:
     """Every distinct (module, attribute) holding a parameter, by its first dotted name, mapped to the
     parameter's own (first) name. Submodules reached by two paths (the learner holds the backbone)
@@ -69,7 +83,10 @@ class FunctionalStep:
         model.inner.functional = True
         grad = torch.func.grad(self._loss, has_aux=True)
         if compile:
-            grad = torch.compile(grad, backend=backend or BACKEND, dynamic=False, fullgraph=True)
+            backend = backend or BACKEND
+            if backend == "inductor":
+                require_cpp_compiler()
+            grad = torch.compile(grad, backend=backend, dynamic=False, fullgraph=True)
         self.grad = grad
         self.widths: dict[str, int] = {}
 
