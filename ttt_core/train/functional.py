@@ -84,7 +84,7 @@ class FunctionalStep:
         grad = torch.func.grad(self._loss, has_aux=True)
         if compile:
             backend = backend or BACKEND
-            if backend == "inductor":
+            if backend == "inductor" and next(model.parameters()).device.type == "cpu":
                 require_cpp_compiler()
             grad = torch.compile(grad, backend=backend, dynamic=False, fullgraph=True)
         self.grad = grad
