@@ -19,6 +19,4 @@ def test_the_recipe_directory_is_found():
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_recipe_validates(name: str) -> None:
-    recipe = load_recipe(RECIPES / name)
-    for stage in recipe.stages:
-        assert stage.steps > 0 and stage.recipe.train.steps == stage.steps
+    load_recipe(RECIPES / name)  # raises RecipeError listing every problem, in every stage

@@ -30,8 +30,10 @@ BACKEND = "inductor"
 def require_cpp_compiler() -> None:
     """Inductor builds its CPU kernels with a C++ compiler; without one the first step would fail
     minutes into tracing with inductor's own error, so say it before training starts."""
-    from torch._inductor import cpp_builder, exc
-
+    try:
+        from torch._inductor import cpp_builder, exc
+    except ImportError:  # an older torch: nothing to ask, inductor will say it itself
+        return
     try:
         cpp_builder.get_cpp_compiler()
     except exc.InvalidCxxCompiler as err:
@@ -80,12 +82,12 @@ class FunctionalStep:
     def __init__(self, model: MetaModel, compile: bool = False, backend: str | None = None) -> None:
         self.model = model
         self.slots = parameter_slots(model)
+        backend = backend or BACKEND
+        if compile and backend == "inductor" and next(model.parameters()).device.type == "cpu":
+            require_cpp_compiler()
         model.inner.functional = True
         grad = torch.func.grad(self._loss, has_aux=True)
         if compile:
-            backend = backend or BACKEND
-            if backend == "inductor" and next(model.parameters()).device.type == "cpu":
-                require_cpp_compiler()
             grad = torch.compile(grad, backend=backend, dynamic=False, fullgraph=True)
         self.grad = grad
         self.widths: dict[str, int] = {}

@@ -296,8 +296,12 @@ def test_recipes_build_and_train_one_step() -> None:
 
 
 @pytest.mark.parametrize(
-    "inner,variant",  # two of the six pairs: each trace takes ~20 s (all six passed when written)
-    [("truncated-adam-clip-per-step-lr", "lm-inner-every-layer"), ("first-momentum-outer-weight", "global")],
+    "inner,variant",  # each trace takes ~20 s: the recipes' setting and two that cover the other code paths
+    [
+        ("second-sgd", "lm-inner-every-layer"),
+        ("truncated-adam-clip-per-step-lr", "lm-inner-every-layer"),
+        ("first-momentum-outer-weight", "global"),
+    ],
 )
 def test_compiled_training_step_equals_eager(inner: str, variant: str) -> None:
     """`[train] compile`: the outer gradient as one traced functional program (the inner loop by
@@ -305,13 +309,13 @@ def test_compiled_training_step_equals_eager(inner: str, variant: str) -> None:
     from ttt_core.train.functional import FunctionalStep
     from ttt_core.train.trainer import step_loss
 
-    inner = INNER_CONFIGS[inner]
+    config = INNER_CONFIGS[inner]
     episode = make_episode()
-    eager = make_model(inner, **VARIANTS[variant])
+    eager = make_model(config, **VARIANTS[variant])
     loss, out = step_loss(eager, episode)  # the answer loss plus the outer-weighted inner term
     loss.backward()
     logits, grads = out.logits.detach(), {name: p.grad for name, p in eager.named_parameters()}
-    functional = make_model(inner, **VARIANTS[variant])
+    functional = make_model(config, **VARIANTS[variant])
     f_loss, f_out = FunctionalStep(functional, compile=True, backend="aot_eager")(episode)
     tol = dict(atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(f_loss, loss.detach(), **tol)
