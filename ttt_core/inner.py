@@ -12,7 +12,8 @@ Grad modes:
 
 With ``InnerLoop.functional`` the step gradients come from ``torch.func.grad`` instead (same values):
 the compiled training step (``ttt_core.train.functional``) is a ``torch.func`` transform that
-``autograd.grad`` does not compose with.
+``autograd.grad`` does not compose with. ``step_gradients`` makes that choice, for the inner loop
+here and for recurrences that run their own.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +32,29 @@ from ttt_core.config import InnerConfig
 from ttt_core.interfaces import State
 
 LossFn = Callable[[State], Tensor]
+
+
+Objective = Callable[[State], tuple[Tensor, Any]]
+
+
+def step_gradients(
+    objective: Objective, state: State, *, functional: bool, create_graph: bool, retain_graph: bool
+) -> tuple[State, Any]:
+    """Gradients of `objective(state) -> (scalar, aux)` w.r.t. every tensor of `state`, and `aux`:
+    one inner step's, for `InnerLoop` and for recurrences that run their own inner loop (prmt4).
+
+    `functional`: by `torch.func.grad`, which composes with an outer `torch.func.grad` and
+    `torch.compile` (`autograd.grad` does neither); the graph is then always kept, and first order
+    detaches the result afterwards so the outer gradient does not flow through it. Otherwise by
+    `torch.autograd.grad`, keeping the graph only when `create_graph`."""
+    if functional:
+        with keep_graph():
+            return torch.func.grad(objective, has_aux=True)(state)
+    with keep_graph() if create_graph else contextlib.nullcontext():
+        total, aux = objective(state)
+        with record_function("ttt.inner.backward"):
+            grads = torch.autograd.grad(total, list(state.values()), create_graph=create_graph, retain_graph=retain_graph)
+    return dict(zip(state, grads)), aux
 
 
 # --- update rules: pure functions of (param, grad, lr, buffers, step) -> (new param, new buffers)
@@ -135,34 +160,17 @@ class InnerLoop(nn.Module):
             per_example = per_example + self.config.stability * per_example_sq_norm(drift)
         return per_example, outer_term
 
-    def _autograd_grads(
+    def _step_grads(
         self, loss_fn: LossFn, state: State, initial: State, keys: list[str], create_graph: bool
     ) -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
-        """One step's gradients by `torch.autograd.grad` (the eager path)."""
-        with keep_graph() if create_graph else contextlib.nullcontext():
-            per_example, outer_term = self._objective(loss_fn, state, initial, keys)
-            with record_function("ttt.inner.backward"):
-                grads = torch.autograd.grad(
-                    per_example.sum(),
-                    [state[k] for k in keys],
-                    create_graph=create_graph,
-                    retain_graph=create_graph or bool(self.config.outer_weight),
-                )
-        return grads, per_example, outer_term
-
-    def _functional_grads(
-        self, loss_fn: LossFn, state: State, initial: State, keys: list[str], create_graph: bool
-    ) -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
-        """The same gradients by `torch.func.grad`, which composes with an outer `torch.func.grad`
-        and `torch.compile` (`autograd.grad` does neither). The graph is always kept: first order
-        detaches the result, so the outer gradient does not flow through it."""
-
         def objective(s: State) -> tuple[Tensor, tuple[Tensor, Tensor]]:
             per_example, outer_term = self._objective(loss_fn, s, initial, keys)
             return per_example.sum(), (per_example, outer_term)
 
-        with keep_graph():
-            grads, (per_example, outer_term) = torch.func.grad(objective, has_aux=True)({k: state[k] for k in keys})
+        grads, (per_example, outer_term) = step_gradients(
+            objective, {k: state[k] for k in keys}, functional=self.functional, create_graph=create_graph,
+            retain_graph=create_graph or bool(self.config.outer_weight),
+        )
         return tuple(grads[k] for k in keys), per_example, outer_term
 
     def forward(self, loss_fn: LossFn, state: State) -> tuple[State, dict[str, Tensor]]:
@@ -179,8 +187,7 @@ class InnerLoop(nn.Module):
         outer_terms = []
         for step in range(config.steps):
             create_graph = self.create_graph(step)
-            step_grad = self._functional_grads if self.functional else self._autograd_grads
-            grads, per_example, outer_term = step_grad(loss_fn, state, initial, keys, create_graph)
+            grads, per_example, outer_term = self._step_grads(loss_fn, state, initial, keys, create_graph)
             if config.outer_weight:
                 outer_terms.append(outer_term)
             if not create_graph:

@@ -120,10 +120,10 @@ class Recurrence(ABC):
     parameters would be trained twice): ``forward`` receives it as ``model.backbone``. A recurrence
     that needs neither accepts and ignores them (``**context``).
 
-    A recurrence that runs its own inner loop (PRMT4) takes its step gradients with
-    ``torch.func.grad`` when ``model.inner.functional`` is set, as ``InnerLoop`` does: the compiled
-    training step (``[train] compile``) is a ``torch.func`` transform, which ``autograd.grad`` does not
-    compose with. Under it, build no frozen attrs objects (``Segment``) inside ``forward``: dynamo
+    A recurrence that runs its own inner loop (PRMT4) takes its step gradients from
+    ``ttt_core.inner.step_gradients`` with ``functional=model.inner.functional``, as ``InnerLoop``
+    does: the compiled training step (``[train] compile``) is a ``torch.func`` transform, which
+    ``autograd.grad`` does not compose with. Under it, build no frozen attrs objects (``Segment``) inside ``forward``: dynamo
     cannot construct them.
     """
 

@@ -42,12 +42,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ttt_core.attention import keep_graph
 from ttt_core.builtin.llama import Llama, block_forward_prefixed, project
 from ttt_core.config import InnerConfig
 from ttt_core.errors import TTTError
 from ttt_core.episode import Episode, answer_logits_inputs, gather_answer_logits
-from ttt_core.inner import LR_AXES, RULES, clip_per_example, per_example_norm
+from ttt_core.inner import LR_AXES, RULES, clip_per_example, per_example_norm, step_gradients
 from ttt_core.interfaces import Recurrence
 from ttt_core.model import MetaModel, ReadOutput
 from ttt_plugin_rmt.prmt4_config import PRMT4Config
@@ -253,15 +252,11 @@ class PRMT4(nn.Module, Recurrence):
         state, buffers = anchor, {}
         for step in range(config.steps):
             create_graph = model.inner.create_graph(step)
-            if model.inner.functional:  # inside the compiled step's torch.func.grad: autograd.grad cannot run there
-                with keep_graph():
-                    grad, (loss, mse) = torch.func.grad(inner_loss, has_aux=True)(state)
-            else:
-                with keep_graph(create_graph):
-                    total, (loss, mse) = inner_loss(state)
-                    (grad,) = torch.autograd.grad(
-                        total, state, create_graph=create_graph, retain_graph=create_graph or bool(config.outer_weight)
-                    )
+            grads, (loss, mse) = step_gradients(
+                lambda s: inner_loss(s["memory"]), {"memory": state}, functional=model.inner.functional,
+                create_graph=create_graph, retain_graph=create_graph or bool(config.outer_weight),
+            )
+            grad = grads["memory"]
             if config.outer_weight:
                 stats.outer.append(mse.mean(1).sum())
             if not create_graph:
