@@ -22,7 +22,7 @@ import torch
 
 import ttt_core.attention as attention
 from ttt_core.recipe import load_recipe
-from ttt_core.train.build import build
+from ttt_core.build import build
 from ttt_core.train.trainer import step_loss
 
 

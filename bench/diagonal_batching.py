@@ -27,7 +27,7 @@ import torch
 
 from ttt_core.episode import Episode, Segment, answer_loss
 from ttt_core.recipe import load_recipe
-from ttt_core.train.build import build
+from ttt_core.build import build
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "prmt4_ar.toml"
 

@@ -11,7 +11,7 @@ import time
 import torch
 
 from ttt_core.recipe import load_recipe
-from ttt_core.train.build import build
+from ttt_core.build import build
 from ttt_core.train.trainer import step_loss
 
 

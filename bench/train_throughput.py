@@ -25,7 +25,7 @@ from collections.abc import Callable
 import torch
 
 from ttt_core.recipe import load_recipe
-from ttt_core.train.build import build
+from ttt_core.build import build
 from ttt_core.train.functional import FunctionalStep
 from ttt_core.train.trainer import autocast, step_loss
 

@@ -9,7 +9,7 @@ import torch
 
 from ttt_core.errors import RecipeError, TTTError
 from ttt_core.recipe import load_recipe
-from ttt_core.train.build import build
+from ttt_core.build import build
 from ttt_core.train import functional as functional_module
 from ttt_core.train.functional import FunctionalStep, pad_segment, parameter_slots
 from ttt_core.train.trainer import Trainer, step_loss

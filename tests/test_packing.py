@@ -12,7 +12,7 @@ from ttt_core.episode import Segment
 from ttt_core.model import prefixed_logits
 from ttt_core.packing import packed_prefixed_logits, plan_pairs
 from ttt_core.recipe import load_recipe
-from ttt_core.train.build import build
+from ttt_core.build import build
 from ttt_core.train.functional import FunctionalStep
 from ttt_core.train.trainer import step_loss
 

@@ -9,7 +9,7 @@ import torch
 
 from ttt_core.errors import RecipeError
 from ttt_core.recipe import load_recipe
-from ttt_core.train.build import build
+from ttt_core.build import build
 from ttt_core.train.functional import FunctionalStep
 from ttt_core.train.trainer import Trainer, autocast, step_loss
 

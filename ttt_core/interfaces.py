@@ -17,10 +17,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
+
+    from pathlib import Path
 
     from ttt_core.episode import Episode, Segment
 
@@ -224,3 +226,57 @@ class OuterOptimizer(ABC):
 
     @abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+# --- capabilities: optional abilities a component declares (`registry.add(..., provides=...)`) and
+# another may need (`needs=`). `ttt validate` checks the declarations; the builder checks the
+# built objects against these protocols, so a component that declares what it lacks is caught too.
+
+
+@runtime_checkable
+class PacksContext(Protocol):
+    """An inner learner that lays its context pass out two examples per row (`ttt_core.packing`)."""
+
+    def pack(self, segment: Segment, min_width: int = 0) -> Segment: ...
+
+
+@runtime_checkable
+class PackedRows(Protocol):
+    """A backbone whose forward takes several sequences per row: ``positions`` and ``segments``
+    ``[B, T]`` (which sequence a position belongs to; attention stays within one)."""
+
+    def forward(
+        self, embeds: Tensor, mask: Tensor | None = None, return_hidden: bool = False,
+        positions: Tensor | None = None, segments: Tensor | None = None,
+    ) -> Any: ...
+
+
+@runtime_checkable
+class LayerBlocks(Protocol):
+    """A backbone whose blocks run functionally on stacked per-layer weights (diagonal batching)."""
+
+    def stacked_layer_params(self, indices: Any = None) -> dict[str, Tensor]: ...
+
+
+@runtime_checkable
+class WeightDeltas(Protocol):
+    """A backbone that runs with per-example low-rank deltas on its linear layers (LoRA memory)."""
+
+    def forward_with_deltas(self, embeds: Tensor, mask: Tensor | None, deltas: dict[str, Any]) -> Any: ...
+
+
+@runtime_checkable
+class ExportsData(Protocol):
+    """A task that writes its splits to files (`ttt data --write`)."""
+
+    def export(self, directory: Path, fmt: str, train_samples: int) -> list[Path]: ...
+
+
+CAPABILITIES: dict[str, type] = {
+    "packing": PacksContext,
+    "packed_rows": PackedRows,
+    "layer_blocks": LayerBlocks,
+    "weight_deltas": WeightDeltas,
+    "export": ExportsData,
+}
+"""Capability name (as recipes' components declare it) -> the protocol a built component satisfies."""

@@ -42,6 +42,7 @@ from cattrs.errors import (
 
 from ttt_core.config import DistributedConfig, EvalConfig, InnerConfig, TrainConfig
 from ttt_core.errors import RecipeError, RegistryError, did_you_mean
+from ttt_core.kinds import KINDS_TABLE
 from ttt_core.registry import Component, Registry
 
 if sys.version_info >= (3, 11):
@@ -50,20 +51,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 # slot path -> component kind
-SLOTS: dict[str, str] = {
-    "task": "task",
-    "backbone": "backbone",
-    "memory.learner": "inner_learner",
-    "memory.writer": "memory_writer",
-    "recurrence": "recurrence",
-    "optimizer": "outer_optimizer",
-}
+SLOTS: dict[str, str] = {kind.slot: kind.name for kind in KINDS_TABLE}
 # slots that may be left out, and the component they default to
-DEFAULT_SLOTS: dict[str, str] = {
-    "memory.writer": "identity",
-    "recurrence": "single",
-    "optimizer": "adamw",
-}
+DEFAULT_SLOTS: dict[str, str] = {kind.slot: kind.default for kind in KINDS_TABLE if kind.default is not None}
 # the standard tables every recipe has
 TABLES: dict[str, type] = {
     "train": TrainConfig,

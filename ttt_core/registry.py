@@ -8,21 +8,16 @@ string is imported only when the component is built.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import attrs
 
 from ttt_core.errors import RegistryError, did_you_mean
+from ttt_core.kinds import KINDS
 
-KINDS: tuple[str, ...] = (
-    "backbone",
-    "inner_learner",
-    "memory_writer",
-    "recurrence",
-    "task",
-    "outer_optimizer",
-)
+Needs = Mapping[str, tuple[str, ...]]
+"""slot -> capability names (`ttt_core.interfaces.CAPABILITIES`) the component in that slot must have."""
 
 # Components that first-party plugins provide, so that an unknown name can say what to install.
 FIRST_PARTY: dict[tuple[str, str], str] = {
@@ -61,6 +56,16 @@ class Component:
     description: str
     aliases: tuple[str, ...]
     provider: Provider
+    slots: tuple[str, ...] | None = None
+    """Recurrences only: which optional slots (`ttt_core.kinds.OPTIONAL_SLOTS`) it uses; None: all."""
+    provides: tuple[str, ...] = ()
+    """Capabilities (names in `ttt_core.interfaces.CAPABILITIES`) every built instance has."""
+    needs: Needs | Callable[[Any], Needs] = attrs.field(factory=dict)
+    """Capabilities it needs of the components in other slots, or a function of its config giving them."""
+
+    def needs_for(self, config: Any) -> Needs:
+        """What this component, configured by `config`, needs of the other slots."""
+        return self.needs(config) if callable(self.needs) else self.needs
 
     def resolve_factory(self) -> Callable[..., Any]:
         if callable(self.factory):
@@ -79,7 +84,8 @@ class Component:
         return self.resolve_factory()(config, **context)
 
     def same_as(self, other: Component) -> bool:
-        return (self.config, self.factory, self.aliases) == (other.config, other.factory, other.aliases)
+        mine = (self.config, self.factory, self.aliases, self.slots, self.provides, self.needs)
+        return mine == (other.config, other.factory, other.aliases, other.slots, other.provides, other.needs)
 
 
 class KindRegistry:
@@ -208,6 +214,9 @@ class ProviderRegistry:
         factory: Callable[..., Any] | str,
         aliases: tuple[str, ...] | list[str] = (),
         description: str = "",
+        slots: tuple[str, ...] | list[str] | None = None,
+        provides: tuple[str, ...] | list[str] = (),
+        needs: Needs | Callable[[Any], Needs] | None = None,
     ) -> None:
         """Register a component.
 
@@ -219,6 +228,14 @@ class ProviderRegistry:
                 `"module:function"` string imported only when the component is built.
             aliases: other names accepted in recipes.
             description: one line shown by `ttt list`.
+            slots: recurrences only: the optional slots (`memory.learner`, `memory.writer`) it
+                uses; a recipe that fills another is refused, and the builder fills those itself.
+                None (default): all of them.
+            provides: capabilities the component has (`ttt_core.interfaces.CAPABILITIES`: e.g.
+                "layer_blocks" for a backbone whose blocks run functionally).
+            needs: slot -> capabilities it needs of the component in that slot (e.g.
+                {"backbone": ("layer_blocks",)}), or a function of its config returning that;
+                `ttt validate` refuses a recipe that does not provide them.
         """
         if not attrs.has(config):
             raise RegistryError(
@@ -232,6 +249,9 @@ class ProviderRegistry:
             description=description,
             aliases=tuple(aliases),
             provider=self.provider,
+            slots=None if slots is None else tuple(slots),
+            provides=tuple(provides),
+            needs=needs if callable(needs) else dict(needs or {}),
         )
         self.registry.add_component(component)
         self.added.append((kind, name))

@@ -9,7 +9,7 @@ from ttt_core.recipe import load_recipe
 
 
 def data_command(recipe_path: str, n: int = 3, split: str = "train", write: str | None = None, overrides=()) -> int:
-    from ttt_core.train.build import build_task
+    from ttt_core.build import build_task
 
     recipe = load_recipe(recipe_path, overrides)
     task = build_task(recipe)

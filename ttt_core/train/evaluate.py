@@ -14,7 +14,7 @@ from ttt_core.recipe import Recipe, load_recipe
 from ttt_core.train.checkpoint import load_model_state
 
 if TYPE_CHECKING:
-    from ttt_core.train.build import Built
+    from ttt_core.build import Built
 
 
 class LoadedRun(NamedTuple):
@@ -28,7 +28,7 @@ class LoadedRun(NamedTuple):
 def load_run(run_dir: str | Path, checkpoint: str | None = None, overrides: Sequence[str] = ()) -> LoadedRun:
     """A run's recipe (with `overrides`) and model with its checkpoint's weights; a curriculum
     directory gives its last stage."""
-    from ttt_core.train.build import build
+    from ttt_core.build import build
     from ttt_core.train.trainer import pick_device
 
     run = Path(run_dir)

@@ -17,7 +17,7 @@ from ttt_core.errors import TTTError
 from ttt_core.episode import answer_loss
 from ttt_core.model import MetaModel
 from ttt_core.recipe import Recipe, dumps_toml
-from ttt_core.train.build import build
+from ttt_core.build import build
 from ttt_core.train.checkpoint import load_checkpoint, load_model_state, save_atomic, write_text_atomic
 
 # Options that may change when a run is resumed: they do not change what has been computed so far.

@@ -283,7 +283,7 @@ def test_registered_through_the_hook() -> None:
 @pytest.mark.skipif(not (REPO / "recipes").is_dir(), reason="recipes live in the source tree")
 def test_recipes_build_and_train_one_step() -> None:
     from ttt_core.recipe import load_recipe
-    from ttt_core.train.build import build
+    from ttt_core.build import build
 
     flagship = load_recipe(REPO / "recipes" / "prmt4_ar.toml")
     assert flagship["recurrence"].name == "prmt4" and flagship["recurrence"].config.schedule == "diagonal"
