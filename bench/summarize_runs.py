@@ -27,7 +27,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+REPOSITORY = Path(__file__).resolve().parent.parent
+RESULTS = REPOSITORY / "bench" / "results"
 SUMMARY = RESULTS / "runs.csv"
 SEGMENT_REPORTS = RESULTS / "accuracy_by_segment"
 
@@ -41,6 +42,7 @@ COLUMNS = (
     "test_value",  # the headline on the test split, as report.json has it (exact match: a fraction)
     "test_loss",
     "test_samples",
+    "test_other",  # the task's other test metrics: "NAME:VALUE ..."
     "steps",  # steps trained (the last logged step of a stopped run)
     "planned_steps",  # the recipe's train.steps
     "train_time_s",  # training time as the run measured it (evaluation excluded)
@@ -84,8 +86,12 @@ def number(value: Any, digits: int = 6) -> str:
     return str(value)
 
 
+def decimals(value: float, places: int = 4) -> str:
+    return f"{value:.{places}f}".rstrip("0").rstrip(".") if math.isfinite(value) else str(value)
+
+
 def curve(rows: list[dict[str, Any]], key: str) -> str:
-    return " ".join(f"{row['step']}:{number(row[key], 4)}" for row in rows if key in row)
+    return " ".join(f"{row['step']}:{decimals(row[key])}" for row in rows if key in row)
 
 
 def dataset_of(task: dict[str, Any]) -> str:
@@ -97,12 +103,12 @@ def dataset_of(task: dict[str, Any]) -> str:
 
 def recorded_commit(run_dir: Path) -> str:
     """The last commit that changed the run's files if git tracks them, else the checked-out commit."""
-    def git(*args: str) -> str:
-        result = subprocess.run(["git", *args], cwd=run_dir, capture_output=True, text=True)
+    def git(where: Path, *args: str) -> str:
+        result = subprocess.run(["git", *args], cwd=where, capture_output=True, text=True)
         return result.stdout.strip() if result.returncode == 0 else ""
 
     files = [name for name in ("metrics.jsonl", "report.json", "recipe.toml") if (run_dir / name).exists()]
-    return git("log", "-1", "--format=%h", "--", *files) or git("rev-parse", "--short", "HEAD")
+    return git(run_dir, "log", "-1", "--format=%h", "--", *files) or git(REPOSITORY, "rev-parse", "--short", "HEAD")
 
 
 def summarize(run_dir: Path, name: str) -> dict[str, str]:
@@ -123,6 +129,7 @@ def summarize(run_dir: Path, name: str) -> dict[str, str]:
         train = [row for row in train if row["step"] <= evaluated["step"]]
         val = [row for row in val if row["step"] <= evaluated["step"]]
     recipe_name, _, stage = str(report.get("recipe", "")).partition(": stage ")
+    stage = stage or (run_dir.name.removeprefix("stage-") if run_dir.name.startswith("stage-") else "")
     settings = recipe.get("train", {})
     return {
         "run": name,
@@ -133,13 +140,15 @@ def summarize(run_dir: Path, name: str) -> dict[str, str]:
         "test_value": number(test.get(headline)),
         "test_loss": number(test.get("loss")),
         "test_samples": number(test.get("samples")),
+        "test_other": " ".join(f"{key}:{number(value)}" for key, value in test.items() if isinstance(value, float)
+                               and key not in (headline, "loss")),
         "steps": number(report.get("steps", evaluated.get("step", metrics[-1]["step"] if metrics else ""))),
         "planned_steps": number(settings.get("steps")),
         "train_time_s": number(report.get("train_time_s", round(train[-1]["time"], 1) if train else "")),
         # (a stopped run: the time logged at its last training step, or at the evaluated checkpoint's)
         "val": curve(val, headline),
         "val_loss": curve(val, "loss"),
-        "last_train_loss": number(train[-1]["loss"], 4) if train else "",
+        "last_train_loss": decimals(train[-1]["loss"]) if train else "",
         "threads": number(settings.get("threads")),
         "compile": number(settings.get("compile", False)).lower(),
         "precision": str(settings.get("precision", "fp32")),
@@ -192,6 +201,8 @@ def extra_sets(run_dir: Path, command: str, stage: str) -> str:
     if parsed is None:
         return ""
     path, sets = parsed
+    if not Path(path).exists() and (REPOSITORY / path).exists():  # run from elsewhere than the repository
+        path = str(REPOSITORY / path)
     try:
         recipe = load_recipe(path, sets)
         if recipe.stages:
