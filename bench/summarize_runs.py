@@ -59,6 +59,8 @@ COLUMNS = (
     "extra_sets",  # the --set that today's recipe files need on top of `command` to give the run's
     #                recipe (empty: unchanged since; "?": the command's recipe does not load here)
     "commit",  # the commit that recorded the run (its code, or that commit's parent's)
+    "raw_path",  # where the run directory is in git at `commit` (metrics.jsonl, recipe.toml, report.json);
+    #              empty: never committed (its `command` regenerates it)
     "torch",
     "notes",
 )
@@ -111,6 +113,13 @@ def recorded_commit(run_dir: Path) -> str:
     return git(run_dir, "log", "-1", "--format=%h", "--", *files) or git(REPOSITORY, "rev-parse", "--short", "HEAD")
 
 
+def tracked_path(run_dir: Path) -> str:
+    """The run directory's path in the repository if git tracks its metrics, else ""."""
+    result = subprocess.run(["git", "ls-files", "--full-name", "metrics.jsonl"], cwd=run_dir, capture_output=True,
+                            text=True)
+    return result.stdout.strip().removesuffix("/metrics.jsonl") if result.returncode == 0 else ""
+
+
 def summarize(run_dir: Path, name: str) -> dict[str, str]:
     """The measured columns of one run directory (one that holds metrics.jsonl and recipe.toml)."""
     recipe = tomllib.loads((run_dir / "recipe.toml").read_text())
@@ -156,6 +165,7 @@ def summarize(run_dir: Path, name: str) -> dict[str, str]:
         "recipe": recipe_name,
         "stage": stage.strip("'"),
         "commit": recorded_commit(run_dir),
+        "raw_path": tracked_path(run_dir),
         "torch": str(versions.get("torch", "")),
     }
 
