@@ -1,5 +1,5 @@
 """Does the functional (optionally compiled) outer gradient equal eager `loss.backward()`, and how
-long does compiling it take? (issue #3: compiling the whole second-order step)
+long does compiling it (the whole second-order step) take?
 
     python bench/compiled_step.py [--modes second,first] [--batch 64] [--threads 1] [--no-compile] [--profile] [--bf16]
 

@@ -1,5 +1,5 @@
 """A straightforward Hugging Face transformers implementation of the baseline TTT model, for speed
-comparison only (issue #3): `bench/train_throughput.py` times it side by side with ours.
+comparison only: `bench/train_throughput.py` times it side by side with ours.
 
 GPT-NeoX 4L/4H/128 (intermediate 512, eager attention so double backward works), 8 memory-token
 embeddings prefixed through `inputs_embeds`, K inner SGD steps (learned scalar learning rate,

@@ -1,5 +1,5 @@
 """Training samples/s of the baseline model (4L/4H/128, 8 memory tokens, K=2, batch 64) per grad mode,
-ours side by side with a straightforward Hugging Face transformers implementation (issue #3).
+ours side by side with a straightforward Hugging Face transformers implementation.
 
     python bench/train_throughput.py [--threads N] [--steps S] [--profile] [--no-hf] [--compile] [--bf16]
 
