@@ -99,7 +99,7 @@ def curve(rows: list[dict[str, Any]], key: str) -> str:
 def dataset_of(task: dict[str, Any]) -> str:
     if "dataset" in task:
         return str(task["dataset"])
-    where = ",".join(task.get("paths") or []) or "the installed packages"
+    where = ",".join(task.get("paths") or []) or "the Python standard library"
     return f"{task.get('name')}: {task.get('glob', '')} in {where}, seq_len {task.get('seq_len', '')}"
 
 
