@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ttt_core import deepspeed_config
+from ttt_core.distributed import config as deepspeed_config
 from ttt_core.cli import main
 from ttt_core.errors import RecipeError, TTTError
 from ttt_core.recipe import load_recipe
@@ -132,18 +132,19 @@ def test_deepspeed_equals_one_process_without_it(launched, tmp_path, order):
 @needs_deepspeed
 def test_a_non_finite_loss_on_one_rank_skips_the_step_on_all(launched, tmp_path, monkeypatch):
     """As in one process: no update, the schedule moves on, nothing logged for the skipped steps."""
-    import ttt_core.train.trainer as trainer_module
+    import ttt_core.train.backends as backends
+    from ttt_core.train.trainer import Trainer
 
-    real, calls = trainer_module.step_loss, iter(range(10**9))
+    real, calls = backends.step_loss, iter(range(10**9))
 
     def poisoned(*args, **kwargs):
         loss, out = real(*args, **kwargs)
         return (loss * float("nan") if next(calls) in POISONED else loss), out
 
-    monkeypatch.setattr(trainer_module, "step_loss", poisoned)
+    monkeypatch.setattr(backends, "step_loss", poisoned)
     overrides = [o for o in RUNS["z2-first"] if not o.startswith(("distributed", "deepspeed"))]
     with pytest.warns(UserWarning, match="non-finite loss, step skipped"):
-        trainer_module.Trainer(load_recipe(TINY, overrides), tmp_path / "plain", quiet=True).run()
+        Trainer(load_recipe(TINY, overrides), tmp_path / "plain", quiet=True).run()
     plain = [json.loads(line) for line in (tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()]
     nan = launched[2]["z2-nan"]
     assert [r["step"] for r in nan] == [r["step"] for r in plain] == [1, 4, 4]
@@ -185,7 +186,7 @@ def test_resume_with_another_world_size_is_refused_before_launch(tmp_path, monke
     (run_dir / "checkpoints" / "deepspeed" / "last.json").write_text(
         json.dumps({"tag": "step3", "step": 3, "world_size": 2, "zero_stage": 2}))
     forbid_launch(monkeypatch)
-    from ttt_core.train.distributed import launch
+    from ttt_core.distributed.launch import launch
 
     with pytest.raises(TTTError) as info:
         launch(recipe, run_dir, TINY, RESUME, 1, True)
@@ -213,20 +214,20 @@ def rank_pid(launcher_pid: int, rank: int) -> int | None:
 FAULT = """
 import os
 if os.environ.get("RANK") == "1":  # only in rank 1 of the run under test
-    import ttt_core.train.distributed as distributed
+    import ttt_core.distributed.engine as engine
 
-    real = distributed.DeepSpeedTrainer.train_step
+    real = engine.DeepSpeedStep.train_step
 
-    def train_step(self):
-        if self.step == 5 and os.environ["FAULT"] == "raise":
+    def train_step(self, step):
+        if step == 5 and os.environ["FAULT"] == "raise":
             raise RuntimeError("injected fault")
-        if self.step == 5 and os.environ["FAULT"] == "hang":
+        if step == 5 and os.environ["FAULT"] == "hang":
             import time
 
             time.sleep(3600)
-        return real(self)
+        return real(self, step)
 
-    distributed.DeepSpeedTrainer.train_step = train_step
+    engine.DeepSpeedStep.train_step = train_step
 """
 
 
@@ -411,7 +412,7 @@ def test_the_key_allow_list_belongs_to_the_installed_deepspeed():
 def test_zero_dim_parameters_are_named():
     import torch
 
-    from ttt_core.train.distributed import check_parameters
+    from ttt_core.distributed.engine import check_parameters
 
     module = torch.nn.Module()
     module.scale = torch.nn.Parameter(torch.tensor(1.0))
