@@ -191,10 +191,14 @@ def load_weights(model: torch.nn.Module, state: dict[str, Any], path: Path, what
 def _deepspeed_globals() -> list[Any]:
     """The classes DeepSpeed 0.19 pickles into its ZeRO optimizer-state files besides tensors and
     builtins (its model-states file needs none): the ZeRO stage, the loss scaler, fragment addresses."""
-    from deepspeed.runtime.fp16.loss_scaler import LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
-
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # no accelerator probing at import
+    try:
+        from deepspeed.runtime.fp16.loss_scaler import LossScaler
+        from deepspeed.runtime.zero.config import ZeroStageEnum
+        from deepspeed.utils.tensor_fragment import fragment_address
+    except ImportError:  # a ZeRO-0 checkpoint reads without DeepSpeed; ZeRO 1/2 then say they need it
+        return []
     return [ZeroStageEnum, LossScaler, fragment_address]
 
 
@@ -235,9 +239,11 @@ def consolidate(directory: Path, tag: str | None = None) -> tuple[Path, dict[str
         if not isinstance(saved, dict) or "module" not in saved:
             raise TTTError(f"{states}: not a DeepSpeed model-states file (no 'module')")
         if any(tag_dir.glob("*zero_pp_rank_*_optim_states.pt")):  # ZeRO 1/2: the fp32 master weights
-            if not torch.cuda.is_available():
-                os.environ.setdefault("DS_ACCELERATOR", "cpu")
-            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+            try:
+                from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+            except ImportError as exc:
+                raise TTTError(f"{tag_dir}: reading a ZeRO checkpoint needs DeepSpeed ({exc}): "
+                               "pip install 'ttt-core[deepspeed]'") from None
 
             try:
                 with contextlib.redirect_stdout(sys.stderr):  # it prints progress; `ttt eval` prints JSON
