@@ -35,6 +35,12 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
+def stop_quietly_on_interrupt() -> None:
+    """The launcher passes SIGINT on to its ranks when it stops them: end at once, without a
+    KeyboardInterrupt traceback per rank (checkpoints are atomic: nothing is left half-written)."""
+    signal.signal(signal.SIGINT, lambda signum, _frame: os._exit(128 + signum))
+
+
 def exit_rank(code: int) -> NoReturn:
     """End a finished rank without running C++ static destructors: a gloo/DeepSpeed thread still
     joinable there aborts the rank now and then ("terminate called without an active exception",
@@ -94,6 +100,7 @@ def worker_main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     die_with_parent()
+    stop_quietly_on_interrupt()
     from torch.distributed.elastic.multiprocessing.errors import record
 
     exit_rank(record(worker_main)())
