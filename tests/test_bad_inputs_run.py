@@ -1,4 +1,4 @@
-"""Malformed inputs to `ttt run`, `ttt eval` and `ttt plot`: each is one line on stderr and exit 2.
+"""Malformed inputs to `ttt run`, `ttt eval`, `ttt plot` and `ttt data`: each is one line on stderr and exit 2.
 
 Each row of `CASES` is (what is wrong, how it is made, a substring of the expected line). The maker
 gets a fresh copy of a trained tiny run (`run`: 2 steps, `checkpoints/last.pt`), a checkpoint of
@@ -184,6 +184,9 @@ CASES = [
     ("plot: metrics.jsonl with a bad line before the last",
      lambda s: (corrupt_metrics_line(s), ["plot", str(s.run), "--out", str(s.tmp / "c.png")])[1],
      "metrics.jsonl: line 1 is not a JSON record"),
+    ("data: --write for a task that cannot export",
+     lambda s: ["data", str(ROOT / "recipes" / "tiny" / "transformer_lm_tiny.toml"), "--write", str(s.tmp / "x.jsonl")],
+     "transformer_lm_tiny.toml: task 'lm_text' cannot write datasets (it has no export)"),
     ("plot: a directory without metrics",
      lambda s: ["plot", str(s.tmp), "--out", str(s.tmp / "c.png")],
      "no metrics.jsonl"),

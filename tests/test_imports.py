@@ -184,3 +184,12 @@ def test_the_model_side_does_not_import_training(module):
     parent = reachable(graph, module)
     into_train = [m for m in parent if m == TRAIN or m.startswith(TRAIN + ".")]
     assert not into_train, f"{module} imports {TRAIN}: " + chain(parent, into_train[0])
+
+
+def test_training_in_one_process_does_not_import_deepspeed_ranks():
+    """`ttt_core.distributed` builds on `ttt_core.train` (its engine is a step backend), never the reverse."""
+    graph = import_graph()
+    for module in sorted(m for m in graph if m == TRAIN or m.startswith(TRAIN + ".")):
+        parent = reachable(graph, module)
+        found = [m for m in parent if m.startswith("ttt_core.distributed")]
+        assert not found, f"{module} imports ttt_core.distributed: " + chain(parent, found[0])

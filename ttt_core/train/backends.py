@@ -11,6 +11,7 @@ live here; `ttt_core.distributed.engine.DeepSpeedStep` is the DeepSpeed one.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -82,8 +83,9 @@ def to_float(value: torch.Tensor | float) -> float | list[float]:
 PLAIN_KEYS = ("step", "bad_steps", "elapsed", "model", "optimizer", "torch_rng")
 
 
-class LocalStep:
-    """One process: the step of a subclass, evaluation of the whole set, `checkpoints/last.pt`."""
+class LocalStep(ABC):
+    """One process: the loss and gradients of a subclass, evaluation of the whole set,
+    `checkpoints/last.pt`."""
 
     context: StepContext
 
@@ -136,8 +138,9 @@ class LocalStep:
         c = self.context
         return evaluate(c.model, c.task, split, samples, c.recipe.eval.batch_size, c.device, c.recipe.train.precision)
 
+    @abstractmethod
     def _loss(self, episode) -> tuple[torch.Tensor, Any]:
-        raise NotImplementedError
+        """(outer loss, model output) of one batch."""
 
     def train_step(self, step: int) -> dict[str, Any] | None:
         c = self.context
@@ -157,7 +160,7 @@ class LocalStep:
         return record
 
     def _backward(self, loss: torch.Tensor) -> None:
-        pass
+        """Put the gradients of a finite loss into `.grad` (none to do where `_loss` already did)."""
 
 
 class EagerStep(LocalStep):
