@@ -31,7 +31,7 @@ from ttt_core.errors import TTTError
 from ttt_core.objective import evaluate_totals, is_finite, mean_of_totals, step_loss
 from ttt_core.recipe import Recipe, dumps_toml
 from ttt_core.train.backends import Progress, StepContext
-from ttt_core.train.checkpoint import checkpoint_dir, deepspeed_weights_only, read_marker, write_marker
+from ttt_core.train.checkpoint import checkpoint_dir, deepspeed_weights_only, first_line, read_marker, write_marker
 
 
 def init_process_group(recipe: Recipe, device: torch.device) -> None:
@@ -146,8 +146,7 @@ class DeepSpeedStep:
         except TTTError:
             raise
         except Exception as exc:  # noqa: BLE001 - unpickling, shape and key errors of a foreign checkpoint vary
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise TTTError(f"{tag_dir}: DeepSpeed could not load this checkpoint ({type(exc).__name__}: {first})") from None
+            raise TTTError(f"{tag_dir}: DeepSpeed could not load this checkpoint ({type(exc).__name__}: {first_line(exc)})") from None
         if path is None:
             raise TTTError(f"{tag_dir}: DeepSpeed could not load this checkpoint")
         ours = (client or {}).get("ttt")

@@ -21,7 +21,7 @@ import torch
 from ttt_core.errors import TTTError
 from ttt_core.objective import autocast, evaluate, is_finite, step_loss
 from ttt_core.recipe import Recipe
-from ttt_core.train.checkpoint import PLAIN, load_checkpoint, load_weights, save_atomic
+from ttt_core.train.checkpoint import PLAIN, first_line, load_checkpoint, load_weights, save_atomic
 
 
 @attrs.define
@@ -130,8 +130,7 @@ class LocalStep(ABC):
             c.optimizer.load_state_dict(state["optimizer"])
             torch.set_rng_state(state["torch_rng"])
         except (ValueError, KeyError, RuntimeError, TypeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise TTTError(f"{path}: its optimizer state does not fit this recipe's optimizer: {first}") from None
+            raise TTTError(f"{path}: its optimizer state does not fit this recipe's optimizer: {first_line(exc)}") from None
         return Progress(state["step"], state["bad_steps"], state["elapsed"])
 
     def evaluate(self, split: str, samples: int) -> dict[str, float]:

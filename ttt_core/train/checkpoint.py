@@ -65,6 +65,12 @@ def _writing(path: Path, mode: str) -> Iterator[Any]:
         raise
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none): for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def describe_os_error(exc: OSError) -> str:
     if exc.errno == errno.ENOSPC:
         return "no space left on the device"
@@ -100,8 +106,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         refused = _forbidden_global(exc)
         if refused:
             raise TTTError(f"{path}: refused: loading this checkpoint would call {refused}, which is not plain data") from None
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise TTTError(f"{path}: corrupt or unreadable checkpoint ({type(exc).__name__}: {first})") from None
+        raise TTTError(f"{path}: corrupt or unreadable checkpoint ({type(exc).__name__}: {first_line(exc)})") from None
 
 
 def _forbidden_global(exc: Exception) -> str | None:
@@ -181,8 +186,7 @@ def load_weights(model: torch.nn.Module, state: dict[str, Any], path: Path, what
     try:
         model.load_state_dict(weights)
     except (RuntimeError, KeyError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TTTError(f"{path}: {what} does not fit this recipe's model: {first}") from None
+        raise TTTError(f"{path}: {what} does not fit this recipe's model: {first_line(exc)}") from None
 
 
 # --- DeepSpeed checkpoints ------------------------------------------------------------------------
@@ -249,8 +253,9 @@ def consolidate(directory: Path, tag: str | None = None) -> tuple[Path, dict[str
                 with contextlib.redirect_stdout(sys.stderr):  # it prints progress; `ttt eval` prints JSON
                     model = get_fp32_state_dict_from_zero_checkpoint(str(directory), tag)
             except Exception as exc:  # noqa: BLE001 - its readers raise ValueError, UnpicklingError, ...
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                raise TTTError(f"{tag_dir}: cannot consolidate this DeepSpeed checkpoint ({type(exc).__name__}: {first})") from None
+                raise TTTError(
+                    f"{tag_dir}: cannot consolidate this DeepSpeed checkpoint ({type(exc).__name__}: {first_line(exc)})"
+                ) from None
         else:  # ZeRO 0: the module's own state dict
             model = saved["module"]
     ours = saved.get("ttt", {})
