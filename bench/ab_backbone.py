@@ -23,7 +23,7 @@ import torch
 import ttt_core.attention as attention
 from ttt_core.recipe import load_recipe
 from ttt_core.build import build
-from ttt_core.train.trainer import step_loss
+from ttt_core.objective import step_loss
 
 
 def _load(name: str, path: Path, replace: tuple[tuple[str, str], ...] = ()) -> types.ModuleType:

@@ -16,7 +16,7 @@ from collections import defaultdict
 import torch
 
 from ttt_core.train.evaluate import load_run
-from ttt_core.train.trainer import step_loss
+from ttt_core.objective import step_loss
 
 
 def percent(values: list[float]) -> str:

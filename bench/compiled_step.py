@@ -22,7 +22,7 @@ import torch
 from ttt_core.recipe import load_recipe
 from ttt_core.build import build
 from ttt_core.train.functional import FunctionalStep
-from ttt_core.train.trainer import autocast, step_loss
+from ttt_core.objective import autocast, step_loss
 
 
 def relative_errors(model: torch.nn.Module, reference: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -16,7 +16,7 @@ import torch
 from ttt_plugin_rmt.prmt4 import PRMT4
 
 from ttt_core.train.evaluate import load_run
-from ttt_core.train.trainer import step_loss
+from ttt_core.objective import step_loss
 
 
 def main() -> None:

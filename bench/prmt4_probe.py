@@ -20,7 +20,7 @@ import torch
 from ttt_core.episode import Segment, answer_loss
 from ttt_core.recipe import load_recipe
 from ttt_core.build import build
-from ttt_core.train.trainer import step_loss
+from ttt_core.objective import step_loss
 
 SMALL = ["backbone.layers=2", "backbone.dim=64", "backbone.heads=4", "train.batch_size=32", "optimizer.warmup_steps=20"]
 

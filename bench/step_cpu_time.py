@@ -16,7 +16,7 @@ import torch
 
 from ttt_core.recipe import load_recipe
 from ttt_core.build import build
-from ttt_core.train.trainer import step_loss
+from ttt_core.objective import step_loss
 
 
 def cpu_seconds_per_step(spec: str, steps: int, batch: int) -> tuple[float, float]:

@@ -27,7 +27,7 @@ import torch
 from ttt_core.recipe import load_recipe
 from ttt_core.build import build
 from ttt_core.train.functional import FunctionalStep
-from ttt_core.train.trainer import autocast, step_loss
+from ttt_core.objective import autocast, step_loss
 
 Step = Callable[[int], None]
 

@@ -14,11 +14,14 @@ import os
 import sys
 from pathlib import Path
 
+from ttt_core.distributed import engine
+from ttt_core.distributed.engine import DeepSpeedStep, init_process_group
+from ttt_core.distributed.launch import resolve_config
+from ttt_core.distributed.worker import exit_rank
 from ttt_core.recipe import load_recipe
-from ttt_core.train import distributed
-from ttt_core.train.distributed import DeepSpeedTrainer, exit_rank, init_process_group, resolve_config
+from ttt_core.train.trainer import Trainer
 
-real_step_loss = distributed.step_loss
+real_step_loss = engine.step_loss
 
 
 def poisoned(step_loss, steps):
@@ -45,8 +48,8 @@ def main() -> None:
             init_process_group(recipe, torch.device("cpu"))
         run_dir = Path(spec["root"]) / name
         poison = spec.get("poison", {}).get(name, []) if rank == world - 1 else []
-        distributed.step_loss = poisoned(real_step_loss, poison)
-        DeepSpeedTrainer(recipe, run_dir, config, rank=rank, world=world, quiet=True).run()
+        engine.step_loss = poisoned(real_step_loss, poison)
+        Trainer(recipe, run_dir, quiet=True, rank=rank, backend=DeepSpeedStep(config, world)).run()
         if rank == 0:
             results[name] = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     if rank == 0:
@@ -58,4 +61,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-    exit_rank(0)  # as the worker does (the abort at exit recurred here in session 8's CI)
+    exit_rank(0)  # as the worker does (a gloo thread may abort the process in C++ static destructors)

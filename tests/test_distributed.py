@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ttt_core import deepspeed_config
+from ttt_core.distributed import config as deepspeed_config
 from ttt_core.cli import main
 from ttt_core.errors import RecipeError, TTTError
 from ttt_core.recipe import load_recipe
@@ -132,18 +132,19 @@ def test_deepspeed_equals_one_process_without_it(launched, tmp_path, order):
 @needs_deepspeed
 def test_a_non_finite_loss_on_one_rank_skips_the_step_on_all(launched, tmp_path, monkeypatch):
     """As in one process: no update, the schedule moves on, nothing logged for the skipped steps."""
-    import ttt_core.train.trainer as trainer_module
+    import ttt_core.train.backends as backends
+    from ttt_core.train.trainer import Trainer
 
-    real, calls = trainer_module.step_loss, iter(range(10**9))
+    real, calls = backends.step_loss, iter(range(10**9))
 
     def poisoned(*args, **kwargs):
         loss, out = real(*args, **kwargs)
         return (loss * float("nan") if next(calls) in POISONED else loss), out
 
-    monkeypatch.setattr(trainer_module, "step_loss", poisoned)
+    monkeypatch.setattr(backends, "step_loss", poisoned)
     overrides = [o for o in RUNS["z2-first"] if not o.startswith(("distributed", "deepspeed"))]
     with pytest.warns(UserWarning, match="non-finite loss, step skipped"):
-        trainer_module.Trainer(load_recipe(TINY, overrides), tmp_path / "plain", quiet=True).run()
+        Trainer(load_recipe(TINY, overrides), tmp_path / "plain", quiet=True).run()
     plain = [json.loads(line) for line in (tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()]
     nan = launched[2]["z2-nan"]
     assert [r["step"] for r in nan] == [r["step"] for r in plain] == [1, 4, 4]
@@ -185,7 +186,7 @@ def test_resume_with_another_world_size_is_refused_before_launch(tmp_path, monke
     (run_dir / "checkpoints" / "deepspeed" / "last.json").write_text(
         json.dumps({"tag": "step3", "step": 3, "world_size": 2, "zero_stage": 2}))
     forbid_launch(monkeypatch)
-    from ttt_core.train.distributed import launch
+    from ttt_core.distributed.launch import launch
 
     with pytest.raises(TTTError) as info:
         launch(recipe, run_dir, TINY, RESUME, 1, True)
@@ -213,20 +214,20 @@ def rank_pid(launcher_pid: int, rank: int) -> int | None:
 FAULT = """
 import os
 if os.environ.get("RANK") == "1":  # only in rank 1 of the run under test
-    import ttt_core.train.distributed as distributed
+    import ttt_core.distributed.engine as engine
 
-    real = distributed.DeepSpeedTrainer.train_step
+    real = engine.DeepSpeedStep.train_step
 
-    def train_step(self):
-        if self.step == 5 and os.environ["FAULT"] == "raise":
+    def train_step(self, step):
+        if step == 5 and os.environ["FAULT"] == "raise":
             raise RuntimeError("injected fault")
-        if self.step == 5 and os.environ["FAULT"] == "hang":
+        if step == 5 and os.environ["FAULT"] == "hang":
             import time
 
             time.sleep(3600)
-        return real(self)
+        return real(self, step)
 
-    distributed.DeepSpeedTrainer.train_step = train_step
+    engine.DeepSpeedStep.train_step = train_step
 """
 
 
@@ -411,9 +412,85 @@ def test_the_key_allow_list_belongs_to_the_installed_deepspeed():
 def test_zero_dim_parameters_are_named():
     import torch
 
-    from ttt_core.train.distributed import check_parameters
+    from ttt_core.distributed.engine import check_parameters
 
     module = torch.nn.Module()
     module.scale = torch.nn.Parameter(torch.tensor(1.0))
     with pytest.raises(TTTError, match=r"^parameters scale are 0-dimensional"):
         check_parameters(module)
+
+
+# --- the launcher's ranks die with it ---------------------------------------------------------------
+
+
+def running(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@needs_deepspeed
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_ranks_die_with_the_launcher(tmp_path, sig):
+    """SIGTERM/SIGINT: the launcher stops its ranks and says so in one line (no traceback); SIGKILL
+    gives it no chance, and the ranks die through their parent-death signal."""
+    run_dir = tmp_path / "run"
+    proc = run_until_checkpoint(run_dir, 2)
+    ranks = [rank_pid(proc.pid, rank) if proc.poll() is None else None for rank in (0, 1)]
+    assert None not in ranks, proc.communicate(timeout=60)[1][-3000:]
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=60)
+    deadline = time.monotonic() + 30
+    while any(running(pid) for pid in ranks) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    orphans = [pid for pid in ranks if running(pid)]
+    for pid in orphans:
+        os.kill(pid, signal.SIGKILL)
+    assert not orphans, f"ranks {orphans} outlived the launcher ({sig.name})"
+    if sig != signal.SIGKILL:
+        lines = stderr.strip().splitlines()
+        assert proc.returncode == 2 and "Traceback" not in stderr, stderr[-3000:]
+        assert lines[-2] == f"{run_dir}: stopped by {sig.name}; the ranks were stopped", lines[-5:]
+        assert lines[-1].startswith(f"{run_dir}: last complete checkpoint: step "), lines[-5:]
+
+
+# --- monitors write inside the run directory --------------------------------------------------------
+
+
+def test_monitors_that_would_write_elsewhere_are_refused():
+    prefix = f"{TINY}: [deepspeed] "
+    assert one_line("deepspeed.wandb.enabled=true") == (
+        prefix + "'wandb' is not supported: it writes outside the run directory (./wandb) and to a remote service; "
+        "use csv_monitor or tensorboard (kept in the run directory)"
+    )
+    assert one_line("deepspeed.csv_monitor.enabled=true", "deepspeed.csv_monitor.output_path='/tmp/logs'") == (
+        prefix + "csv_monitor.output_path = '/tmp/logs': give a path inside the run directory (relative, without '..')"
+    )
+    assert one_line("deepspeed.tensorboard.output_path='../x'").endswith("(relative, without '..')")
+    load_recipe(TINY, ["distributed.backend='deepspeed'", "deepspeed.wandb.enabled=false"])  # disabled: fine
+
+
+def test_monitor_outputs_are_placed_in_the_run_directory():
+    table = {"csv_monitor": {"enabled": True}, "tensorboard": {"enabled": True, "output_path": "tb"},
+             "flops_profiler": {"enabled": True, "output_file": "flops.txt"}}
+    config = deepspeed_config.place_outputs(deepspeed_config.resolve(table, 8, 1.0, 2), "/runs/x")
+    assert config["csv_monitor"] == {"enabled": True, "output_path": "/runs/x/monitor"}
+    assert config["tensorboard"] == {"enabled": True, "output_path": "/runs/x/tb"}
+    assert config["flops_profiler"] == {"enabled": True, "output_file": "/runs/x/flops.txt"}
+    assert deepspeed_config.place_outputs({"csv_monitor": {"enabled": False}}, "/r") == {"csv_monitor": {"enabled": False}}
+
+
+@needs_deepspeed
+def test_csv_monitor_writes_inside_the_run_directory(tmp_path):
+    cwd, run_dir = tmp_path / "cwd", tmp_path / "run"
+    cwd.mkdir()
+    sets = [a for o in [*COMMON, "train.steps=2", "deepspeed.csv_monitor.enabled=true",
+                        "deepspeed.csv_monitor.job_name='job'", "deepspeed.steps_per_print=1"] for a in ("--set", o)]
+    done = subprocess.run([sys.executable, "-m", "ttt_core.cli", "run", TINY, "--nproc", "1", "--out", str(run_dir),
+                           *sets, "--quiet"], env=env(), cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, errors(done.stderr)
+    assert list(cwd.iterdir()) == []
+    assert list((run_dir / "monitor" / "job").glob("*.csv")), list(run_dir.rglob("*"))

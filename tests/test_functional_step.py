@@ -12,7 +12,8 @@ from ttt_core.recipe import load_recipe
 from ttt_core.build import build
 from ttt_core.train import functional as functional_module
 from ttt_core.train.functional import FunctionalStep, pad_segment, parameter_slots
-from ttt_core.train.trainer import Trainer, step_loss
+from ttt_core.objective import step_loss
+from ttt_core.train.trainer import Trainer
 
 TINY = str(Path(__file__).parents[1] / "recipes" / "tiny" / "baseline_ar_tiny.toml")
 

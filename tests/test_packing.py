@@ -14,7 +14,7 @@ from ttt_core.packing import packed_prefixed_logits, plan_pairs
 from ttt_core.recipe import load_recipe
 from ttt_core.build import build
 from ttt_core.train.functional import FunctionalStep
-from ttt_core.train.trainer import step_loss
+from ttt_core.objective import step_loss
 
 TINY = str(Path(__file__).parents[1] / "recipes" / "tiny" / "baseline_ar_tiny.toml")
 

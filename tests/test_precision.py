@@ -11,7 +11,8 @@ from ttt_core.errors import RecipeError
 from ttt_core.recipe import load_recipe
 from ttt_core.build import build
 from ttt_core.train.functional import FunctionalStep
-from ttt_core.train.trainer import Trainer, autocast, step_loss
+from ttt_core.objective import autocast, step_loss
+from ttt_core.train.trainer import Trainer
 
 TINY = str(Path(__file__).parents[1] / "recipes" / "tiny" / "baseline_ar_tiny.toml")
 

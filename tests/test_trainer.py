@@ -76,9 +76,9 @@ def test_atomic_checkpoint_survives_a_failed_write(tmp_path, monkeypatch):
 
 
 def test_non_finite_losses_skip_then_stop(tmp_path, monkeypatch):
-    import ttt_core.train.trainer as trainer_module
+    import ttt_core.train.backends as backends
 
-    real = trainer_module.step_loss
+    real = backends.step_loss
     calls = {"n": 0}
 
     def poisoned(model, episode, **kwargs):
@@ -86,7 +86,7 @@ def test_non_finite_losses_skip_then_stop(tmp_path, monkeypatch):
         calls["n"] += 1
         return (loss * float("nan") if calls["n"] > 2 else loss), out
 
-    monkeypatch.setattr(trainer_module, "step_loss", poisoned)
+    monkeypatch.setattr(backends, "step_loss", poisoned)
     with pytest.warns(UserWarning, match="non-finite loss, step skipped"):
         with pytest.raises(TTTError, match=r"stopped at step \d+: 3 consecutive non-finite losses"):
             train(tmp_path / "run", "train.steps=20", "train.max_bad_steps=3", "train.checkpoint_every=1")

@@ -132,7 +132,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ttt_core.train.launch import run_command
+    from ttt_core.run import run_command
 
     return run_command(args.recipe, out=args.out, overrides=args.overrides, nproc=args.nproc, quiet=args.quiet)
 

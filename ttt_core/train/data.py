@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ttt_core.errors import TTTError
+from ttt_core.interfaces import ExportsData
 from ttt_core.recipe import load_recipe
 
 
@@ -14,8 +15,8 @@ def data_command(recipe_path: str, n: int = 3, split: str = "train", write: str 
     recipe = load_recipe(recipe_path, overrides)
     task = build_task(recipe)
     if write is not None:
-        if not hasattr(task, "export"):
-            raise TTTError(f"task '{recipe['task'].name}' cannot write datasets")
+        if not isinstance(task, ExportsData):
+            raise TTTError(f"{recipe.source}: task '{recipe['task'].name}' cannot write datasets (it has no export)")
         paths = task.export(Path(write), fmt="parquet" if write.endswith("parquet") else "jsonl", train_samples=n)
         print("\n".join(str(p) for p in paths))
         return 0

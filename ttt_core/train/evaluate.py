@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
 
+from ttt_core.build import Built, build
 from ttt_core.errors import TTTError
+from ttt_core.objective import evaluate
 from ttt_core.recipe import Recipe, load_recipe
-from ttt_core.train.checkpoint import load_model_state
-
-if TYPE_CHECKING:
-    from ttt_core.build import Built
+from ttt_core.train.checkpoint import load_model_state, load_weights
+from ttt_core.train.device import pick_device
+from ttt_core.train.stages import stage_dir
 
 
 class LoadedRun(NamedTuple):
@@ -22,37 +23,27 @@ class LoadedRun(NamedTuple):
     built: Built
     device: torch.device
     checkpoint: Path
-    step: int
+    step: int | None
 
 
 def load_run(run_dir: str | Path, checkpoint: str | None = None, overrides: Sequence[str] = ()) -> LoadedRun:
     """A run's recipe (with `overrides`) and model with its checkpoint's weights; a curriculum
     directory gives its last stage."""
-    from ttt_core.build import build
-    from ttt_core.train.trainer import pick_device
-
     run = Path(run_dir)
     if not (run / "recipe.toml").exists():
         raise TTTError(f"{run}: not a run directory (no recipe.toml)")
     recipe = load_recipe(run / "recipe.toml", overrides)
     if recipe.stages:  # a curriculum: its last stage's model
-        from ttt_core.train.stages import stage_dir
-
         run = stage_dir(run, recipe.stages[-1])
         recipe = load_recipe(run / "recipe.toml", overrides)
-    path, state = load_model_state(Path(checkpoint) if checkpoint else run)
     device = pick_device(recipe.train.device)
+    path, state = load_model_state(Path(checkpoint) if checkpoint else run)
     built = build(recipe, device)
-    try:
-        built.model.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        raise TTTError(f"{path}: does not fit the recipe's model: {str(exc).splitlines()[0]}") from None
+    load_weights(built.model, state, path, "the checkpoint")
     return LoadedRun(recipe, built, device, path, state["step"])
 
 
 def eval_command(run_dir: str, split: str = "test", checkpoint: str | None = None, overrides: list[str] = ()) -> int:
-    from ttt_core.train.trainer import evaluate
-
     run = load_run(run_dir, checkpoint, overrides)
     recipe, built = run.recipe, run.built
     samples = recipe.eval.samples if split == "test" else recipe.eval.val_samples

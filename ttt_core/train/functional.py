@@ -19,8 +19,9 @@ from torch import Tensor
 
 from ttt_core.episode import Episode, Segment, answer_loss
 from ttt_core.errors import TTTError
+from ttt_core.interfaces import PacksContext
 from ttt_core.model import MetaModel, ReadOutput
-from ttt_core.train.trainer import with_inner_term
+from ttt_core.objective import with_inner_term
 
 
 BACKEND = "inductor"
@@ -107,10 +108,10 @@ class FunctionalStep:
         """Padded, then with the learner's pair layout attached (`pack_pairs`) at the widest row width
         seen for the slot: static shapes, few compiles."""
         segment = self._pad(name, segment)
-        pack = getattr(self.model.learner, "pack", None)
-        if pack is None:
+        learner = self.model.learner
+        if not isinstance(learner, PacksContext):
             return segment
-        packed = pack(segment, self.widths.get(name + ".packed", 0))
+        packed = learner.pack(segment, self.widths.get(name + ".packed", 0))
         if packed.packing is not None:
             self.widths[name + ".packed"] = packed.packing.mask.shape[1]
         return packed

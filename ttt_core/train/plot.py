@@ -6,10 +6,10 @@ retrieval tasks, bits per byte for language modelling), else the validation loss
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ttt_core.errors import TTTError
+from ttt_core.train.rundir import parse_metrics
 
 # metric -> (axis label, scale, y limits or None)
 HEADLINES: dict[str, tuple[str, float, tuple[float, float] | None]] = {
@@ -20,10 +20,11 @@ HEADLINES: dict[str, tuple[str, float, tuple[float, float] | None]] = {
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
+    """The run's records (a last line cut short by a kill, or being written, is left out)."""
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         raise TTTError(f"{run_dir}: no metrics.jsonl (not a run directory, or nothing logged yet)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return parse_metrics(path)
 
 
 def headline_of(records: list[dict]) -> str:

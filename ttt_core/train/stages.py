@@ -14,8 +14,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ttt_core.errors import TTTError
 from ttt_core.recipe import Recipe, Stage, dumps_toml
 from ttt_core.train.checkpoint import write_text_atomic
+from ttt_core.train.rundir import check_run_dir, dumps_json, make_run_dir, stages_markdown, summary
+from ttt_core.train.trainer import Trainer
 
 
 def stage_dir(run_dir: Path, stage: Stage) -> Path:
@@ -37,7 +40,10 @@ def finished(directory: Path, steps: int) -> dict[str, Any] | None:
     path = directory / "report.json"
     if not path.exists():
         return None
-    report = json.loads(path.read_text())
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise TTTError(f"{path}: unreadable stage report ({exc}); remove it to train the stage again") from None
     return report if report.get("steps", 0) >= steps else None
 
 
@@ -47,13 +53,11 @@ def run_stages(recipe: Recipe, run_dir: Path, quiet: bool = False, train_stage=N
     `train_stage(recipe, directory)` trains one stage and returns its report (default: the
     single-process `Trainer`; `ttt run` passes the DeepSpeed launcher for DeepSpeed recipes).
     """
-    from ttt_core.train.launch import summary
-
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_run_dir(run_dir)
+    check_run_dir(recipe, run_dir)  # its stages' reports belong to this recipe only
     write_text_atomic(run_dir / "recipe.toml", dumps_toml(recipe.resolved()))
     if train_stage is None:
-        from ttt_core.train.trainer import Trainer
 
         def train_stage(stage_recipe: Recipe, directory: Path) -> dict[str, Any]:
             report = Trainer(stage_recipe, directory, quiet=quiet).run()
@@ -71,23 +75,7 @@ def run_stages(recipe: Recipe, run_dir: Path, quiet: bool = False, train_stage=N
             report = train_stage(staged, directory)
         results.append({"stage": stage.name, "dir": str(directory), **report})
     report = {"recipe": recipe.source, "stages": results}
-    write_text_atomic(run_dir / "report.json", json.dumps(report, indent=2) + "\n")
-    write_text_atomic(run_dir / "report.md", _markdown(run_dir, results))
+    write_text_atomic(run_dir / "report.json", dumps_json(report))
+    write_text_atomic(run_dir / "report.md", stages_markdown(run_dir, results))
     return report
 
-
-def _markdown(run_dir: Path, results: list[dict[str, Any]]) -> str:
-    from ttt_core.train.trainer import format_metric, metric_label
-
-    headline = results[-1].get("headline", "exact_match")
-    lines = [
-        f"# {run_dir.name} (curriculum)",
-        "",
-        f"| stage | steps | train time (s) | test samples | test loss | test {metric_label(headline)} |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        test = r["test"]
-        lines.append(f"| {r['stage']} | {r['steps']} | {r['train_time_s']} | {test['samples']} | "
-                     f"{test['loss']:.4f} | {format_metric(headline, test[headline])} |")
-    return "\n".join([*lines, ""])

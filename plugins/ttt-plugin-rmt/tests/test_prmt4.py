@@ -307,7 +307,7 @@ def test_compiled_training_step_equals_eager(inner: str, variant: str) -> None:
     """`[train] compile`: the outer gradient as one traced functional program (the inner loop by
     `torch.func.grad`, padded segments) gives the eager loss, logits and gradients."""
     from ttt_core.train.functional import FunctionalStep
-    from ttt_core.train.trainer import step_loss
+    from ttt_core.objective import step_loss
 
     config = INNER_CONFIGS[inner]
     episode = make_episode()

@@ -15,6 +15,7 @@ optimizer, its learning rates and schedule (`[optimizer]`) and gradient clipping
 
 from __future__ import annotations
 
+from pathlib import PurePath, PureWindowsPath
 from typing import Any
 
 from ttt_core.errors import did_you_mean
@@ -52,6 +53,16 @@ STAGE3 = (
 )
 
 
+# Blocks that write files: the path they are given is taken inside the run directory
+# (`place_outputs`), so that a run's monitor output stays with its run.
+OUTPUT_PATHS = {"csv_monitor": "output_path", "tensorboard": "output_path", "flops_profiler": "output_file"}
+DEFAULT_OUTPUT = "monitor"  # RUN/monitor/ when a monitor names no output_path
+REMOTE_MONITORS = {
+    "wandb": "it writes outside the run directory (./wandb) and to a remote service",
+    "comet": "it writes outside the run directory and to a remote service",
+}
+
+
 def _enabled(block: Any) -> bool:
     return isinstance(block, dict) and block.get("enabled", False) is not False
 
@@ -82,6 +93,7 @@ def _structure_problems(table: dict[str, Any]) -> list[str]:
                 f"unknown option '{key}'{did_you_mean(key, KNOWN_KEYS)} "
                 f"(DeepSpeed {DEEPSPEED_VERSION_CHECKED} would ignore it silently)"
             )
+    problems += _output_problems(table)
     zero = table.get("zero_optimization", {})
     if not isinstance(zero, dict):
         problems.append("zero_optimization must be a table")
@@ -94,6 +106,37 @@ def _structure_problems(table: dict[str, Any]) -> list[str]:
     for path in _autos(table, ""):
         problems.append(f"{path} = \"auto\": only {', '.join(AUTO_KEYS)} may be \"auto\" (the recipe owns them)")
     return problems + _type_problems(table)
+
+
+def _output_problems(table: dict[str, Any]) -> list[str]:
+    """Monitors that would write outside the run directory."""
+    problems = []
+    for block, reason in REMOTE_MONITORS.items():
+        if _enabled(table.get(block)):
+            problems.append(f"'{block}' is not supported: {reason}; use csv_monitor or tensorboard (kept in the run directory)")
+    for block, key in OUTPUT_PATHS.items():
+        value = table.get(block, {}).get(key) if isinstance(table.get(block), dict) else None
+        if value is None or value == "":
+            continue
+        if not isinstance(value, str):
+            problems.append(f"{block}.{key} must be a path relative to the run directory; got {value!r}")
+        elif PurePath(value).is_absolute() or PureWindowsPath(value).is_absolute() or ".." in PurePath(value).parts:
+            problems.append(f"{block}.{key} = '{value}': give a path inside the run directory (relative, without '..')")
+    return problems
+
+
+def place_outputs(config: dict[str, Any], run_dir: str) -> dict[str, Any]:
+    """`config` with every enabled monitor's output inside `run_dir` (its relative path, or `monitor/`);
+    DeepSpeed's default would be the working directory."""
+    config = dict(config)
+    for block, key in OUTPUT_PATHS.items():
+        settings = config.get(block)
+        if not _enabled(settings):
+            continue
+        given = settings.get(key) or ("" if block == "flops_profiler" else DEFAULT_OUTPUT)
+        if given:  # the flops profiler prints to stdout unless given a file
+            config[block] = {**settings, key: str(PurePath(run_dir) / given)}
+    return config
 
 
 def _type_problems(table: dict[str, Any]) -> list[str]:

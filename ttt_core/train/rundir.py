@@ -1,0 +1,245 @@
+"""The run directory: which recipe it belongs to, its metrics log, its reports, and the one-line
+summary `ttt run` prints.
+
+A run directory belongs to one recipe (`recipe.toml`, up to the options in `RESUMABLE_CHANGES`).
+Running another recipe into a directory that holds results of the first (a checkpoint, metrics, a
+report) is refused, with or without a checkpoint: the rows of two recipes would mix. A directory that
+holds only the recipe (a run stopped before its first step) is taken over. A run that starts from step
+0 starts `metrics.jsonl` anew; a resumed one truncates it to the checkpoint's step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ttt_core.errors import TTTError
+from ttt_core.recipe import Recipe, dumps_toml, load_recipe, tomllib
+from ttt_core.train.checkpoint import describe_os_error, has_checkpoint, write_text_atomic
+
+# Options that may change when a run is resumed: they do not change what has been computed so far.
+# (`init_from` only matters when a run starts: a resumed run loads its own checkpoint; `compile`
+# computes the same gradients, up to float rounding.)
+RESUMABLE_CHANGES = {
+    ("train", k) for k in ("steps", "eval_every", "checkpoint_every", "log_every", "threads", "init_from", "compile")
+} | {
+    ("distributed", "timeout_s")
+}
+RESULTS = ("metrics.jsonl", "report.json")  # besides a checkpoint: what a run has produced
+PERCENT_METRICS = ("exact_match", "accuracy")
+
+
+# --- which recipe a run directory belongs to ------------------------------------------------------
+
+
+def _flat(data: dict[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, (*prefix, key)))
+        else:
+            out[(*prefix, key)] = value
+    return out
+
+
+def recipe_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Keys (dotted) whose values differ, ignoring those that may change on resume."""
+    a, b = _flat(old), _flat(new)
+    return sorted(
+        ".".join(k) for k in set(a) | set(b) if a.get(k) != b.get(k) and k[:2] not in RESUMABLE_CHANGES
+    )
+
+
+def holds_results(run_dir: Path) -> bool:
+    """Whether a run directory holds anything a run produced (a checkpoint, metrics, a report, stages)."""
+    run_dir = Path(run_dir)
+    return (
+        has_checkpoint(run_dir)
+        or any((run_dir / name).exists() for name in RESULTS)
+        or any(run_dir.glob("stage-*"))
+    )
+
+
+def make_run_dir(run_dir: Path) -> None:
+    """Create the run directory, or say in one line why it cannot be one."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise TTTError(f"{run_dir}: --out names a file, not a directory; give a directory for the run")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TTTError(f"{run_dir}: cannot create the run directory ({describe_os_error(exc)})") from None
+
+
+def check_run_dir(recipe: Recipe, run_dir: Path) -> None:
+    """Refuse a run directory whose results another recipe made."""
+    stored = Path(run_dir) / "recipe.toml"
+    if not stored.exists() or not holds_results(run_dir):
+        return
+    try:
+        old = tomllib.loads(stored.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise TTTError(f"{stored}: unreadable ({exc}); use another --out") from None
+    diff = recipe_differences(old, tomllib.loads(dumps_toml(recipe.resolved())))  # same TOML types
+    if diff:
+        raise TTTError(
+            f"{run_dir}: this run directory was made by another recipe (differs in: "
+            f"{', '.join(diff)}); use another --out or resume it as it is"
+        )
+
+
+def clean_stale_temporaries(run_dir: Path) -> None:
+    """Remove the `.NAME.tmp` files a killed write left behind (the next write would replace them)."""
+    run_dir = Path(run_dir)
+    for directory in (run_dir, run_dir / "checkpoints"):
+        for stale in directory.glob(".*.tmp"):
+            if stale.is_file():
+                try:
+                    stale.unlink()
+                except OSError as exc:
+                    raise TTTError(f"{stale}: cannot remove this stale temporary file ({describe_os_error(exc)})") from None
+
+
+def resolve_run(recipe_or_dir: str, out: str | None, overrides: list[str]) -> tuple[Recipe, Path]:
+    """(recipe, run_dir) for a recipe file, or for an existing run directory (resume)."""
+    path = Path(recipe_or_dir)
+    if path.is_dir():
+        stored = path / "recipe.toml"
+        if not stored.exists():
+            raise TTTError(f"{path}: not a run directory (no recipe.toml)")
+        return load_recipe(stored, overrides), Path(out) if out else path
+    recipe = load_recipe(path, overrides)
+    return recipe, Path(out) if out else Path("runs") / path.stem
+
+
+def versions() -> dict[str, str]:
+    from ttt_core.plugins import default_host
+
+    found = {"python": platform.python_version(), "torch": torch.__version__}
+    found.update(default_host().versions())
+    return found
+
+
+# --- metrics.jsonl --------------------------------------------------------------------------------
+
+
+def parse_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a metrics log. A last line cut short (a kill in mid-write) is dropped; a bad
+    line elsewhere is an error."""
+    lines = [line for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if number == len(lines):
+                break
+            raise TTTError(f"{path}: line {number} is not a JSON record") from None
+        if not isinstance(record, dict) or "step" not in record:
+            raise TTTError(f"{path}: line {number} is not a metrics record (no 'step')")
+        records.append(record)
+    return records
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per line; started anew by a run from step 0, truncated to the
+    checkpoint's step on resume."""
+
+    def __init__(self, path: Path, enabled: bool = True) -> None:
+        self.path = path
+        self.enabled = enabled
+
+    def truncate_after(self, step: int) -> None:
+        if not self.enabled:
+            return
+        kept = [r for r in parse_metrics(self.path) if r["step"] <= step] if self.path.exists() else []
+        write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            try:
+                with open(self.path, "a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+            except OSError as exc:
+                raise TTTError(f"{self.path}: cannot write ({describe_os_error(exc)})") from None
+
+
+# --- reports --------------------------------------------------------------------------------------
+
+
+def finite_json(value: Any) -> Any:
+    """`value` with every non-finite float as None: strict JSON has no NaN or Infinity."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
+
+
+def dumps_json(value: Any) -> str:
+    return json.dumps(finite_json(value), indent=2, allow_nan=False) + "\n"
+
+
+def metric_label(name: str) -> str:
+    """`exact_match` -> `exact match (%)`, `bits_per_byte` -> `bits per byte`."""
+    return name.replace("_", " ") + (" (%)" if name in PERCENT_METRICS else "")
+
+
+def format_metric(name: str, value: float | None) -> str:
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    return f"{100 * value:.2f}" if name in PERCENT_METRICS else f"{value:.4f}"
+
+
+def _format_loss(value: float | None) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.4f}"
+
+
+def write_report(run_dir: Path, report: dict[str, Any], recipe: Recipe) -> None:
+    write_text_atomic(run_dir / "report.json", dumps_json(report))
+    task = recipe.data.get("task", {})
+    dataset = task.get("dataset", task.get("name", "?"))
+    headline = report.get("headline", "exact_match")
+    lines = [
+        f"# {run_dir.name}",
+        "",
+        f"| recipe | dataset | steps | train time (s) | test samples | test loss | test {metric_label(headline)} |",
+        "|---|---|---|---|---|---|---|",
+        f"| {recipe.source} | {dataset} | {report['steps']} | {report['train_time_s']} | "
+        f"{report['test']['samples']} | {_format_loss(report['test']['loss'])} | "
+        f"{format_metric(headline, report['test'][headline])} |",
+        "",
+    ]
+    write_text_atomic(run_dir / "report.md", "\n".join(lines))
+
+
+def stages_markdown(run_dir: Path, results: list[dict[str, Any]]) -> str:
+    headline = results[-1].get("headline", "exact_match")
+    lines = [
+        f"# {run_dir.name} (curriculum)",
+        "",
+        f"| stage | steps | train time (s) | test samples | test loss | test {metric_label(headline)} |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        test = r["test"]
+        lines.append(f"| {r['stage']} | {r['steps']} | {r['train_time_s']} | {test['samples']} | "
+                     f"{_format_loss(test['loss'])} | {format_metric(headline, test[headline])} |")
+    return "\n".join([*lines, ""])
+
+
+def summary(run_dir: Path, report: dict) -> str:
+    test, headline = report["test"], report.get("headline", "exact_match")
+    value = format_metric(headline, test[headline])
+    value += "%" if headline in PERCENT_METRICS and value != "n/a" else ""
+    return (
+        f"{run_dir}: {report['steps']} steps in {report['train_time_s']} s; test {headline.replace('_', ' ')} "
+        f"{value} on {test['samples']} samples (report.md)"
+    )
