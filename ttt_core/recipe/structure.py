@@ -91,12 +91,22 @@ def structure_options(cls: type, data: Any) -> tuple[Any, list[str]]:
     try:
         return CONVERTER.structure(data, cls), []
     except BaseValidationError as exc:
+        errors = list(_flatten(exc, ()))
+        if len(errors) == 1 and errors[0][0] == () and _raised_by_init(errors[0][1]):
+            # every option structured; a validator or __attrs_post_init__ refused one
+            return None, _every_validator_problem(cls, data) or [str(errors[0][1])]
         problems = []
-        for path, error in _flatten(exc, ()):
+        for path, error in errors:
             problems.extend(_problem_lines(cls, path, error))
         return None, problems
-    except (ValueError, TypeError, ArithmeticError) as exc:  # validators and __attrs_post_init__
+    except (ValueError, TypeError, ArithmeticError) as exc:  # validators outside detailed validation
         return None, _every_validator_problem(cls, data) or [str(exc)]
+
+
+def _raised_by_init(error: BaseException) -> bool:
+    return isinstance(error, (ValueError, TypeError, ArithmeticError)) and not isinstance(
+        error, (KeyError, ForbiddenExtraKeysError)
+    )
 
 
 def _every_validator_problem(cls: type, data: dict[str, Any]) -> list[str]:
