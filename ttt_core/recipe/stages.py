@@ -2,8 +2,9 @@
 
 With `[curriculum] carry_set = true` a stage's `set` applies on top of the previous stage's (its
 carried keys first, then its own), so that each stage writes only what changes; without it each
-stage's `set` applies to the recipe alone. `train.init_from` is never carried: a later stage starts
-from the previous stage's weights.
+stage's `set` applies to the recipe alone. `train.init_from` is never carried (a later stage starts
+from the previous stage's weights), nor keys a stage may not set; a problem of a carried key is
+reported for the stage that wrote it only.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ttt_core.recipe.schema import CURRICULUM_KEYS, STAGE_KEYS, Recipe, Stage
 from ttt_core.recipe.structure import describe
 
 _STAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-NOT_CARRIED = ("train.init_from",)
+NOT_CARRIED = ("train.init_from", "train.steps")
 
 BuildOne = Callable[[dict[str, Any], str], Recipe]
 """build(data, source) -> the validated recipe of data without stages (raises RecipeError)."""
@@ -42,6 +43,8 @@ def build_staged(data: dict[str, Any], source: str, build: BuildOne) -> Recipe:
     lines.extend(f"{source}: [curriculum] {line}" for line in curriculum_lines)
     tables, stage_lines = stage_tables(data["stages"], carry)
     lines.extend(f"{source}: [stages] {line}" for line in stage_lines)
+    if carry:
+        tables = [(name, steps, without_no_ops(overrides, base_data)) for name, steps, overrides in tables]
     stages = []
     for index, (name, steps, overrides) in enumerate(tables):
         where = f"{source}: stage '{name}'"
@@ -64,13 +67,49 @@ def build_staged(data: dict[str, Any], source: str, build: BuildOne) -> Recipe:
         try:
             stage_recipe = build(stage_data, where)
         except RecipeError as exc:
-            lines.extend(line for line in exc.lines if line.removeprefix(f"{where}: ") not in seen)
+            new = [line for line in exc.lines if line.removeprefix(f"{where}: ") not in seen]
+            lines.extend(new)
+            if carry:  # the next stages carry the same keys: their problems are this stage's
+                seen.update(line.removeprefix(f"{where}: ") for line in new)
             continue
         stages.append(Stage(name=name, steps=steps, overrides=overrides, recipe=stage_recipe))
     if lines:
         raise RecipeError(*lines)
     assert base is not None
     return attrs.evolve(base, data=data, stages=tuple(stages))
+
+
+def without_no_ops(overrides: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """`overrides` less the keys that set a value the recipe already has (a carried key set back to the
+    recipe's value): the stage is the same, and its stored `set` is what a stage without carrying
+    would write. Kept: tables, `name` keys and keys that overlap another key, whose order matters."""
+
+    def recipe_value(key: str) -> Any:
+        node: Any = data
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return _MISSING
+            node = node[part]
+        return node
+
+    def overlaps(key: str) -> bool:
+        return any(other != key and (other.startswith(key + ".") or key.startswith(other + "."))
+                   for other in overrides)
+
+    def table_renamed(key: str) -> bool:
+        return any(other.endswith(".name") and key.startswith(other.removesuffix("name")) for other in overrides)
+
+    out = {}
+    for key, value in overrides.items():
+        same = recipe_value(key)
+        no_op = (not isinstance(value, dict) and not key.endswith("name") and type(same) is type(value)
+                 and same == value and not overlaps(key) and not table_renamed(key))
+        if not no_op:
+            out[key] = value
+    return out
+
+
+_MISSING = object()
 
 
 def _curriculum_options(raw: Any) -> tuple[bool, list[str]]:
@@ -114,6 +153,7 @@ def stage_tables(raw: Any, carry: bool = False) -> tuple[list[tuple[str, int, di
             continue
         if carry:
             overrides = {**{k: v for k, v in carried.items() if k not in overrides}, **overrides}
-            carried = {k: v for k, v in overrides.items() if k not in NOT_CARRIED}
+            carried = {k: v for k, v in overrides.items()
+                       if k not in NOT_CARRIED and k.split(".")[0] not in ("stages", "curriculum")}
         out.append((name, steps, overrides))
     return out, problems
