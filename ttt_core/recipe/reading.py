@@ -65,6 +65,25 @@ def display(path: Path) -> str:
         return str(path)
 
 
+def _resolve_file_paths(data: dict[str, Any], directory: Path) -> None:
+    """Make the paths of FILE_PATHS, in their tables and in the `set` of `[[stages]]`, relative to
+    `directory` (the recipe's) instead of the working directory."""
+
+    def resolve(value: Any) -> Any:
+        return os.path.normpath(directory / value) if isinstance(value, str) and value else value
+
+    for table, option in FILE_PATHS:
+        values = data.get(table)
+        if isinstance(values, dict) and option in values:
+            values[option] = resolve(values[option])
+    stages = data.get("stages")
+    for stage in stages if isinstance(stages, list) else ():
+        overrides = stage.get("set") if isinstance(stage, dict) else None
+        for table, option in FILE_PATHS if isinstance(overrides, dict) else ():
+            if f"{table}.{option}" in overrides:
+                overrides[f"{table}.{option}"] = resolve(overrides[f"{table}.{option}"])
+
+
 def load_raw(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """The recipe's TOML with every `extends` resolved (bases first, this file on top)."""
     path = Path(path)
@@ -74,10 +93,7 @@ def load_raw(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
         cycle = " -> ".join(display(p) for p in (*_chain, resolved))
         raise RecipeError(f"{display(_chain[0])}: extends cycle: {cycle}")
     data = read_toml(resolved, shown)
-    for table, option in FILE_PATHS:
-        values = data.get(table)
-        if isinstance(values, dict) and isinstance(values.get(option), str) and values[option]:
-            values[option] = os.path.normpath(resolved.parent / values[option])
+    _resolve_file_paths(data, resolved.parent)
     extends = data.pop("extends", [])
     if isinstance(extends, str):
         extends = [extends]
