@@ -28,7 +28,7 @@ from typing import Any
 import attrs
 import pluggy
 
-from ttt_core import hookspecs
+import ttt_core.hookspecs as hookspecs
 from ttt_core.registry import Provider, ProviderRegistry, Registry
 
 ENTRY_POINT_GROUP = "ttt"
@@ -174,7 +174,7 @@ def _register(host: PluginHost, info: PluginInfo, plugin: Any) -> None:
 
 def create_host(extra_plugins: tuple[tuple[str, Any], ...] = ()) -> PluginHost:
     """Build a fresh plugin host: built-ins, then entry points, then `extra_plugins` (name, obj)."""
-    from ttt_core import builtin
+    import ttt_core.builtin as builtin
 
     manager = pluggy.PluginManager(hookspecs.PROJECT)
     manager.add_hookspecs(hookspecs)
