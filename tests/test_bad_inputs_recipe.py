@@ -160,3 +160,37 @@ def test_bad_plugin(make_dist, tmp_path, capsys, monkeypatch, problem, source, e
     assert code != 0, problem
     assert lines and all(line.startswith((f"{path}: ", "ttt: warning: ")) for line in lines), lines
     assert any(message.format(n=n) in line for line in lines), (message, lines)
+
+
+RECURRENCES = """
+import attrs
+from ttt_core import hookimpl
+
+@attrs.define
+class Cfg:
+    pass
+
+@hookimpl
+def ttt_register_components(registry):
+    registry.add("recurrence", "slotless", config=Cfg, factory="json:dumps", slots=())
+    registry.add("recurrence", "picky", config=Cfg, factory="json:dumps",
+                 needs={"backbone": ("a_capability_nothing_has",)})
+"""
+
+COMPONENTS = [
+    ("a table for a slot the recurrence does not use", '[recurrence]\nname = "slotless"\n',
+     "[memory.learner] recurrence 'slotless' does not use a memory learner: remove this table"),
+    ("a capability the backbone lacks", '[recurrence]\nname = "picky"\n',
+     "[recurrence] picky needs a backbone with 'a_capability_nothing_has'; backbone 'llama' does not provide it"),
+]
+
+
+@pytest.mark.parametrize(("problem", "text", "message"), COMPONENTS, ids=[row[0] for row in COMPONENTS])
+def test_slots_and_capabilities(make_dist, tmp_path, capsys, monkeypatch, problem, text, message):
+    make_dist("ttt-recurrences", {"recurrences": "recurrences_plugin"}, {"recurrences_plugin": RECURRENCES})
+    monkeypatch.setattr(ttt_core.plugins, "default_host", create_host)
+    path = tmp_path / "bad.toml"
+    path.write_text(VALID + text)
+    code, lines = validate(path, capsys)
+    assert code != 0, problem
+    assert lines == [f"{path}: {message}"]

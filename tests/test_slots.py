@@ -67,7 +67,7 @@ def test_a_recurrence_that_uses_some_slots():
 def test_filled_unused_slot_is_refused():
     assert problems('[recurrence]\nname = "segments"\n[memory.learner]\nname = "fast"\n'
                     '[memory.writer]\nname = "identity"\n') == [
-        "x.toml: [memory.learner] recurrence 'segments' does not use an inner learner: remove this table",
+        "x.toml: [memory.learner] recurrence 'segments' does not use a memory learner: remove this table",
         "x.toml: [memory.writer] recurrence 'segments' does not use a memory writer: remove this table",
     ]
 

@@ -58,8 +58,12 @@ def _slot_data(data: dict[str, Any], slot: str) -> Any:
     return node
 
 
-def _kind_label(kind: str) -> str:
-    label = kind.replace("_", " ")
+def _slot_label(slot: str) -> str:
+    """`memory.learner` -> 'memory learner': how messages name the component in a slot."""
+    return slot.replace(".", " ")
+
+
+def _article(label: str) -> str:
     return ("an " if label[0] in "aeiou" else "a ") + label
 
 
@@ -89,7 +93,7 @@ def _components(
         if slot in unused:
             if table is not None:
                 assert recurrence is not None
-                problems.append((slot, f"recurrence '{recurrence.name}' does not use {_kind_label(kind)}: "
+                problems.append((slot, f"recurrence '{recurrence.name}' does not use {_article(_slot_label(slot))}: "
                                        "remove this table"))
             continue
         if table is None:
@@ -144,8 +148,9 @@ def _capabilities(components: dict[str, ComponentSpec], unused: set[str], regist
                 continue  # that slot's own problem is reported already
             for capability in capabilities:
                 if capability not in provider.provides:
-                    problems.append((slot, f"{spec.name} needs {_kind_label(kind)} with '{capability}'; "
-                                           f"{kind.replace('_', ' ')} '{provider.name}' does not provide it"))
+                    label = _slot_label(other_slot)
+                    problems.append((slot, f"{spec.name} needs {_article(label)} with '{capability}'; "
+                                           f"{label} '{provider.name}' does not provide it"))
     return problems
 
 
