@@ -72,6 +72,12 @@ def test_filled_unused_slot_is_refused():
     ]
 
 
+def test_stored_recipes_may_drop_unused_slots():
+    data = recipe_data('[recurrence]\nname = "segments"\n[memory.learner]\nname = "fast"\n')
+    recipe = build_recipe(data, "run/recipe.toml", registry(), drop_unused_slots=True)
+    assert "memory.learner" not in recipe.components and "memory" not in recipe.resolved()
+
+
 def test_slot_still_required_when_the_recurrence_uses_it():
     assert problems("") == ["x.toml: [memory.learner] missing: this recipe needs a [memory.learner] table with a 'name'"]
 

@@ -80,7 +80,7 @@ def _recurrence(data: dict[str, Any], registry: Registry, broken: dict[str, str]
 
 
 def _components(
-    data: dict[str, Any], registry: Registry, broken: dict[str, str] | None
+    data: dict[str, Any], registry: Registry, broken: dict[str, str] | None, drop_unused_slots: bool = False
 ) -> tuple[dict[str, ComponentSpec], set[str], Problems]:
     """The filled slots, the optional slots the recurrence leaves unused, and the problems."""
     problems: Problems = []
@@ -91,7 +91,7 @@ def _components(
     for slot, kind in SLOTS.items():
         table = _slot_data(data, slot)
         if slot in unused:
-            if table is not None:
+            if table is not None and not drop_unused_slots:
                 assert recurrence is not None
                 problems.append((slot, f"recurrence '{recurrence.name}' does not use {_article(_slot_label(slot))}: "
                                        "remove this table"))
@@ -155,11 +155,18 @@ def _capabilities(components: dict[str, ComponentSpec], unused: set[str], regist
 
 
 def build_recipe(
-    data: dict[str, Any], source: str, registry: Registry, broken: dict[str, str] | None = None
+    data: dict[str, Any],
+    source: str,
+    registry: Registry,
+    broken: dict[str, str] | None = None,
+    drop_unused_slots: bool = False,
 ) -> Recipe:
-    """Validate merged recipe data against the registry; raise one RecipeError with every problem."""
+    """Validate merged recipe data against the registry; raise one RecipeError with every problem.
+
+    `drop_unused_slots`: leave out, instead of refusing, a table for an optional slot the recurrence
+    does not use (for recipes stored by runs made before the recurrence declared its slots)."""
     if "stages" in data:
-        return build_staged(data, source, lambda d, s: build_recipe(d, s, registry, broken))
+        return build_staged(data, source, lambda d, s: build_recipe(d, s, registry, broken, drop_unused_slots))
     problems: Problems = []
 
     for key in data:
@@ -179,7 +186,7 @@ def build_recipe(
     requires, require_problems = _check_requires(data.get("requires", []))
     problems.extend(require_problems)
 
-    components, unused, slot_problems = _components(data, registry, broken)
+    components, unused, slot_problems = _components(data, registry, broken, drop_unused_slots)
     problems.extend(slot_problems)
     problems.extend(_capabilities(components, unused, registry))
 
@@ -243,12 +250,14 @@ def load_recipe(
     overrides: Iterable[str] = (),
     registry: Registry | None = None,
     broken: dict[str, str] | None = None,
+    drop_unused_slots: bool = False,
 ) -> Recipe:
-    """Read, merge, override and validate a recipe file against the (default) registry."""
+    """Read, merge, override and validate a recipe file against the (default) registry (see
+    `build_recipe` for `drop_unused_slots`)."""
     if registry is None:
         from ttt_core.plugins import default_host
 
         host = default_host()
         registry, broken = host.registry, host.broken()
     data = apply_overrides(load_raw(path), overrides)
-    return build_recipe(data, str(path), registry, broken)
+    return build_recipe(data, str(path), registry, broken, drop_unused_slots)
