@@ -34,11 +34,6 @@ def _finite(attribute: attrs.Attribute, value: Any) -> None:
         raise ValueError(f"option '{attribute.name}' must be a finite number; got {value}")
 
 
-def finite(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    """attrs validator: a float option must be finite (None passes)."""
-    _finite(attribute, value)
-
-
 def positive(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     _finite(attribute, value)
     if value is not None and value <= 0:
@@ -51,22 +46,11 @@ def non_negative(_instance: Any, attribute: attrs.Attribute, value: Any) -> None
         raise ValueError(f"option '{attribute.name}' must be >= 0; got {value}")
 
 
-def in_range(low: float, high: float, *, high_open: bool = False) -> Callable[[Any, attrs.Attribute, Any], None]:
-    """attrs validator: low <= value <= high (or < high with `high_open`)."""
+def in_range(low: float, high: float) -> Callable[[Any, attrs.Attribute, Any], None]:
+    """attrs validator: low <= value <= high (integers or finite numbers)."""
 
     def check(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         _finite(attribute, value)
-        if not (low <= value < high if high_open else low <= value <= high):
-            interval = f"[{low}, {high})" if high_open else f"[{low}, {high}]"
-            raise ValueError(f"option '{attribute.name}' must be in {interval}; got {value}")
-
-    return check
-
-
-def int_range(low: int, high: int) -> Callable[[Any, attrs.Attribute, Any], None]:
-    """attrs validator: an integer in [low, high] (TOML integers are unbounded in Python)."""
-
-    def check(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         if not low <= value <= high:
             raise ValueError(f"option '{attribute.name}' must be in [{low}, {high}]; got {value}")
 
@@ -83,7 +67,7 @@ class TrainConfig:
 
     steps: int = attrs.field(default=1000, validator=positive)
     batch_size: int = attrs.field(default=64, validator=positive)
-    seed: int = attrs.field(default=0, validator=int_range(0, SEED_MAX))
+    seed: int = attrs.field(default=0, validator=in_range(0, SEED_MAX))
     eval_every: int = attrs.field(default=500, validator=positive)
     checkpoint_every: int = attrs.field(default=500, validator=positive)
     log_every: int = attrs.field(default=10, validator=positive)
