@@ -128,3 +128,83 @@ def test_import_and_validate_do_not_import_heavy_packages(tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_plugin_that_exits_at_import_is_isolated(make_dist, capsys, monkeypatch):
+    make_dist("ttt-exits", {"exits": "exits_plugin"}, {"exits_plugin": "import sys\nsys.exit('no GPU here')"})
+    make_dist("ttt-raises", {"raises": "raises_plugin"}, {"raises_plugin": "raise BaseException('odd')"})
+    make_dist("ttt-good", {"good": "good_plugin"}, {"good_plugin": GOOD})
+    host = create_host()
+    assert plugin(host, "exits").error == "SystemExit: no GPU here"
+    assert plugin(host, "raises").error == "BaseException: odd"
+    assert "goodwriter" in host.registry["memory_writer"]
+
+    import ttt_core.plugins
+
+    monkeypatch.setattr(ttt_core.plugins, "default_host", lambda: host)
+    assert main(["plugins"]) == 0
+    assert "exits: ttt-exits 0.1.0 (exits_plugin)\n  ERROR: SystemExit: no GPU here" in capsys.readouterr().out
+
+
+def test_hook_that_exits_registers_nothing(make_dist):
+    source = GOOD + "\n    raise SystemExit(3)\n"
+    make_dist("ttt-exit-hook", {"exit_hook": "exit_hook_plugin"}, {"exit_hook_plugin": source})
+    host = create_host()
+    assert plugin(host, "exit_hook").error == "SystemExit: 3"
+    assert "goodwriter" not in host.registry["memory_writer"]
+
+
+def test_keyboard_interrupt_in_a_plugin_is_not_swallowed(make_dist):
+    import pytest
+
+    make_dist("ttt-ctrlc", {"ctrlc": "ctrlc_plugin"}, {"ctrlc_plugin": "raise KeyboardInterrupt"})
+    with pytest.raises(KeyboardInterrupt):
+        create_host()
+
+
+def test_hook_without_hookimpl_is_reported(make_dist):
+    source = GOOD.replace("@hookimpl\n", "")
+    make_dist("ttt-unmarked", {"unmarked": "unmarked_plugin"}, {"unmarked_plugin": source})
+    make_dist("ttt-helper", {"helper": "helper_plugin"}, {"helper_plugin": GOOD + "\ndef ttt_helper():\n    pass\n"})
+    host = create_host()
+    error = plugin(host, "unmarked").error
+    assert error.startswith("ttt_register_components: not marked as a hook; decorate it with @hookimpl")
+    assert plugin(host, "helper").error.startswith("ttt_helper: not marked as a hook")
+    assert "goodwriter" not in host.registry["memory_writer"]
+
+
+def test_disabled_plugin_says_how_to_enable_it(make_dist, write, monkeypatch):
+    import pytest
+
+    from ttt_core.errors import RecipeError
+    from ttt_core.recipe import load_recipe
+
+    make_dist("ttt-plugin-rmt", {"rmt": "rmt_plugin"}, {"rmt_plugin": GOOD})
+    recipe = write("r.toml", RECIPE + '[recurrence]\nname = "rmt4"\n')
+    monkeypatch.setenv("TTT_PLUGINS", "other")
+    host = create_host()
+    with pytest.raises(RecipeError) as info:
+        load_recipe(recipe, registry=host.registry, broken=host.broken())
+    assert info.value.lines == [
+        f"{recipe}: [recurrence] recurrence 'rmt4' comes from ttt-plugin-rmt, which is installed but disabled: "
+        "TTT_PLUGINS='other' does not name it (add 'rmt' to TTT_PLUGINS, or unset it)"
+    ]
+    monkeypatch.delenv("TTT_PLUGINS")
+    monkeypatch.setenv("TTT_DISABLE_PLUGIN_AUTOLOAD", "1")
+    host = create_host()
+    with pytest.raises(RecipeError, match="installed but disabled: TTT_DISABLE_PLUGIN_AUTOLOAD is set"):
+        load_recipe(recipe, registry=host.registry, broken=host.broken())
+    assert "rmt" in [p.name for p in host.disabled] and not host.broken()
+
+
+def test_unknown_name_in_ttt_plugins_is_reported(make_dist, monkeypatch, capsys):
+    make_dist("ttt-good", {"good": "good_plugin"}, {"good_plugin": GOOD})
+    monkeypatch.setenv("TTT_PLUGINS", "good,godo")
+    host = create_host()
+    assert "goodwriter" in host.registry["memory_writer"] and host.unknown_selected == ["godo"]
+    err = capsys.readouterr().err
+    assert "ttt: warning: TTT_PLUGINS names 'godo', which matches no installed plugin; installed: " in err
+    assert "good (ttt-good)" in err
+    monkeypatch.setenv("TTT_PLUGINS", "good,ttt-good")
+    create_host()
+    assert capsys.readouterr().err == ""

@@ -183,3 +183,16 @@ def test_all_problems_reported_at_once(write):
         f"{path}: [optimizer] option 'lr' must be > 0; got -1.0",
         f"{path}: [train] option 'batch_size' must be > 0; got 0",
     ]
+
+
+def test_paths_in_a_recipe_are_relative_to_it(write, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write("recipes/base.toml", BASE + '[train]\ninit_from = "../runs/a"\n')
+    path = write("recipes/r.toml", 'extends = ["base.toml"]\n[[stages]]\nname = "s"\nsteps = 1\n'
+                                   'set = { "train.init_from" = "../runs/b" }\n')
+    recipe = load_recipe(path)
+    assert recipe.train.init_from == str(tmp_path / "runs" / "a")  # the file that writes it, not the cwd
+    assert recipe.stages[0].recipe.train.init_from == str(tmp_path / "runs" / "b")
+    assert load_recipe(path, ["train.init_from=runs/c"]).train.init_from == "runs/c"  # --set: the cwd
+    # a relative directory handed to a later stage is made absolute: its stored recipe still names it
+    assert recipe.with_init_from("runs/x").train.init_from == str(tmp_path / "runs" / "x")

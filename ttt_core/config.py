@@ -5,6 +5,7 @@ Imports no torch: `ttt validate` structures these without building a model.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -26,22 +27,38 @@ def one_of(*choices: str) -> Callable[[Any, attrs.Attribute, Any], None]:
     return check
 
 
+def _finite(attribute: attrs.Attribute, value: Any) -> None:
+    """nan and inf (TOML's `nan`, `inf`, and overflowing literals such as 1e400) compare as neither
+    small nor large: refuse them before any bound is checked."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"option '{attribute.name}' must be a finite number; got {value}")
+
+
 def positive(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    _finite(attribute, value)
     if value is not None and value <= 0:
         raise ValueError(f"option '{attribute.name}' must be > 0; got {value}")
 
 
 def non_negative(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    _finite(attribute, value)
     if value is not None and value < 0:
         raise ValueError(f"option '{attribute.name}' must be >= 0; got {value}")
 
 
 def in_range(low: float, high: float) -> Callable[[Any, attrs.Attribute, Any], None]:
+    """attrs validator: low <= value <= high (integers or finite numbers)."""
+
     def check(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        _finite(attribute, value)
         if not low <= value <= high:
             raise ValueError(f"option '{attribute.name}' must be in [{low}, {high}]; got {value}")
 
     return check
+
+
+SEED_MAX = 2**64 - 1
+"""The largest seed `torch.manual_seed` accepts."""
 
 
 @attrs.define
@@ -50,7 +67,7 @@ class TrainConfig:
 
     steps: int = attrs.field(default=1000, validator=positive)
     batch_size: int = attrs.field(default=64, validator=positive)
-    seed: int = 0
+    seed: int = attrs.field(default=0, validator=in_range(0, SEED_MAX))
     eval_every: int = attrs.field(default=500, validator=positive)
     checkpoint_every: int = attrs.field(default=500, validator=positive)
     log_every: int = attrs.field(default=10, validator=positive)

@@ -31,8 +31,10 @@ def ttt_register_components(registry: ProviderRegistry) -> None:
     """Add components to the registry.
 
     Call ``registry.add(kind, name, config=ConfigClass, factory=build_fn, aliases=(...),
-    description="one line")`` once per component. ``kind`` is one of ``ttt_core.registry.KINDS``:
-    backbone, inner_learner, memory_writer, recurrence, task, outer_optimizer. ``ConfigClass`` is an
+    description="one line")`` once per component (``slots``, ``provides`` and ``needs`` declare
+    which optional slots a recurrence uses and the capabilities validation checks: see
+    ``ttt_core.registry.ProviderRegistry.add``). ``kind`` is a name of ``ttt_core.kinds.KINDS_TABLE``
+    (``ttt list`` shows them). ``ConfigClass`` is an
     attrs class whose fields are the options a recipe may set in the component's table;
     ``build_fn(config, **context)`` builds the component when a run needs it (the context each
     kind receives is documented in ``ttt_core.interfaces``). Keep the module that holds this hook

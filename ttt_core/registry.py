@@ -91,8 +91,10 @@ class Component:
 class KindRegistry:
     """The components of one kind, looked up by name or alias."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, disabled: dict[str, str] | None = None) -> None:
         self.kind = kind
+        self.disabled = {} if disabled is None else disabled
+        """distribution -> why it is not loaded and how to enable it (shared by all kinds)."""
         self._components: dict[str, Component] = {}
         self._aliases: dict[str, str] = {}
 
@@ -155,6 +157,11 @@ class KindRegistry:
                 f"{kind} '{name}' comes from {distribution}, which failed to load: "
                 f"{broken[distribution]}"
             )
+        if distribution is not None and distribution in self.disabled:
+            return (
+                f"{kind} '{name}' comes from {distribution}, which is installed but disabled: "
+                f"{self.disabled[distribution]}"
+            )
         if distribution is not None:
             return f"unknown {kind} '{name}': it is provided by {distribution} (pip install {distribution})"
         available = ", ".join(self.names()) or "none"
@@ -165,6 +172,9 @@ class KindRegistry:
         if broken:
             failed = "; ".join(f"{dist}: {error}" for dist, error in broken.items())
             message += f" (plugins that failed to load: {failed})"
+        if self.disabled:
+            message += (f" (installed plugins that TTT_PLUGINS or TTT_DISABLE_PLUGIN_AUTOLOAD leave out: "
+                        f"{', '.join(sorted(self.disabled))})")
         return message
 
 
@@ -172,7 +182,9 @@ class Registry:
     """All kinds. `add` is what a plugin's `ttt_register_components` hook calls."""
 
     def __init__(self) -> None:
-        self.kinds: dict[str, KindRegistry] = {kind: KindRegistry(kind) for kind in KINDS}
+        self.disabled: dict[str, str] = {}
+        """distribution -> why a plugin switch left it out (filled by the plugin host)."""
+        self.kinds: dict[str, KindRegistry] = {kind: KindRegistry(kind, self.disabled) for kind in KINDS}
 
     def __getitem__(self, kind: str) -> KindRegistry:
         try:

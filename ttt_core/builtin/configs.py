@@ -70,12 +70,18 @@ class SingleConfig:
     """whole: adapt once on the full context; segments: one inner loop per task segment, state carried."""
 
 
+def _betas(_instance: "AdamWConfig", _attribute: attrs.Attribute, betas: tuple[float, float]) -> None:
+    for name, beta in zip(("beta1", "beta2"), betas):
+        if not 0.0 <= beta < 1.0:  # also refuses nan and inf
+            raise ValueError(f"option 'betas': {name} must be in [0, 1); got {beta}")
+
+
 @attrs.define
 class AdamWConfig:
     """AdamW with warmup then a constant or cosine schedule, per-group learning rates, clipping."""
 
     lr: float = attrs.field(default=1e-4, validator=positive)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = attrs.field(default=(0.9, 0.999), validator=_betas)
     weight_decay: float = attrs.field(default=0.01, validator=non_negative)
     warmup_steps: int = attrs.field(default=0, validator=non_negative)
     schedule: str = attrs.field(default="constant", validator=one_of("constant", "cosine"))

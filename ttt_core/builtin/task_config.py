@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 
 import attrs
 
@@ -85,6 +86,8 @@ class ARConfig:
         self._check()
 
     def _check(self) -> None:
+        if self.path is not None:
+            self._check_path(Path(self.path))
         for field in ("pairs", "key_len", "value_len", "segments", "segment_max", "size"):
             if getattr(self, field) < 1:
                 raise ValueError(f"ARConfig: {field} must be at least 1, got {getattr(self, field)}")
@@ -104,6 +107,20 @@ class ARConfig:
                 f"ARConfig: segment_max={self.segment_max} is too short: with {self.pairs} pairs in {self.segments} "
                 f"segments some segment always holds {load} pairs of {self.pair_len} characters ({load * self.pair_len})"
             )
+
+    @staticmethod
+    def _check_path(path: Path) -> None:
+        """What `load_splits` would refuse, found without reading the samples: at `ttt validate`."""
+        formats = (".jsonl", ".json", ".parquet")
+        if path.is_file():
+            if path.suffix.lower() not in formats:
+                raise ValueError(f"ARConfig: path {str(path)!r}: unknown dataset format {path.suffix!r}; use .jsonl or .parquet")
+        elif path.is_dir():
+            stems = ("train", "val", "validation", "test")
+            if not any((path / f"{stem}{ext}").is_file() for stem in stems for ext in formats):
+                raise ValueError(f"ARConfig: path {str(path)!r}: no train/val/test .jsonl, .json or .parquet files")
+        else:
+            raise ValueError(f"ARConfig: path {str(path)!r}: no such dataset file or directory")
 
     def written_options(self, options: dict) -> dict:
         """Leave out fields implied by `dataset`, so that overriding the name alone stays consistent."""
