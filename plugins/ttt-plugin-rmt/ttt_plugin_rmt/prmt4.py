@@ -46,8 +46,8 @@ from ttt_core.builtin.llama import Llama, block_forward_prefixed, project
 from ttt_core.config import InnerConfig
 from ttt_core.errors import TTTError
 from ttt_core.episode import Episode, answer_logits_inputs, gather_answer_logits
-from ttt_core.inner import LR_AXES, RULES, clip_per_example, per_example_norm, step_gradients
-from ttt_core.interfaces import Recurrence
+from ttt_core.inner import LR_AXES, InnerLoss, InnerStats, RateAxes, register_log_lr
+from ttt_core.interfaces import Recurrence, State
 from ttt_core.model import MetaModel, ReadOutput
 from ttt_plugin_rmt.prmt4_config import PRMT4Config
 
@@ -73,26 +73,6 @@ def _pad_time(x: Tensor, width: int) -> Tensor:
     if pad == 0:
         return x
     return F.pad(x, (0, 0, 0, pad)) if x.dim() == 3 else F.pad(x, (0, pad), value=False)
-
-
-class _Stats:
-    """Inner-loop statistics summed over cells (per-cell batch means), averaged at the end."""
-
-    def __init__(self, steps: int) -> None:
-        self.loss = [0.0] * steps
-        self.grad_norm = [0.0] * steps
-        self.cells = 0
-        self.outer: list[Tensor] = []
-
-    def result(self, memory: list[Tensor]) -> dict[str, Tensor]:
-        stats: dict[str, Tensor] = {}
-        if self.cells and self.loss:
-            stats["inner_loss"] = torch.stack([torch.as_tensor(x) for x in self.loss]) / self.cells
-            stats["inner_grad_norm"] = torch.stack([torch.as_tensor(x) for x in self.grad_norm]) / self.cells
-        stats["memory_norm"] = per_example_norm([m.detach() for m in memory]).mean()
-        if self.outer:
-            stats["outer_term"] = torch.stack(self.outer).sum() / self.cells
-        return stats
 
 
 class PRMT4(nn.Module, Recurrence):
@@ -121,11 +101,8 @@ class PRMT4(nn.Module, Recurrence):
         self.global_tokens = nn.Parameter(torch.randn(layers, config.global_tokens, dim) * config.init_std)
         # per-layer (and per-step, if the recipe asks) inner learning rates, positive through exp
         steps = max(inner.steps, 1) if "step" in LR_AXES[inner.learn_lr] else 1
-        log_lr = torch.full((layers, steps), math.log(inner.lr))
-        if inner.learn_lr == "none":
-            self.register_buffer("log_lr", log_lr)
-        else:
-            self.log_lr = nn.Parameter(log_lr)
+        self.rate_axes = RateAxes({"layer": layers, "step": steps})
+        register_log_lr(self, inner, self.rate_axes)
         self.log_stability = nn.Parameter(torch.full((layers,), math.log(config.stability)))
         if config.token_lr:  # gate of each position's error; sigmoid(3) = 0.95 at init
             self.token_lr_weight = nn.Parameter(torch.zeros(layers, dim))
@@ -151,7 +128,7 @@ class PRMT4(nn.Module, Recurrence):
         ids: list[Tensor],
         memory: list[Tensor],
         query: int,
-        stats: _Stats,
+        stats: InnerStats,
     ) -> None:
         """Reference pass of every cell, then the inner loop of the context cells, in place on
         `hidden` (per segment: the latest layer's output) and `memory` (per layer: the latest)."""
@@ -198,7 +175,7 @@ class PRMT4(nn.Module, Recurrence):
         target: Tensor,
         real: Tensor,
         lm_ids: Tensor | None,
-        stats: _Stats,
+        stats: InnerStats,
     ) -> Tensor:
         """K inner steps for C cells at once: memory `[C, B, M, d]` reconstructing `target [C, B, W, d]`,
         the layers' outputs for `inputs [C, B, W, d]`; the last k cells also predict the next token of
@@ -233,44 +210,35 @@ class PRMT4(nn.Module, Recurrence):
             pairs = real[-k:, :, 1:] & real[-k:, :, :-1]  # position i predicts the real token i + 1
             pair_count = pairs.sum(-1).clamp_min(1)
 
-        def inner_loss(state: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-            out = block_forward_prefixed(params, state, glob, config=self.block_config)
+        def with_next_token_loss(memory: Tensor, loss: Tensor) -> Tensor:
+            """`loss` plus the next-token term of the top k cells (after the stability term)."""
+            out_lm = block_forward_prefixed(lm_params, memory[-k:], lm_inputs, config=self.block_config)
+            nll = F.cross_entropy(
+                model.backbone.head(out_lm[:, :, :-1]).flatten(0, 1).transpose(1, 2),
+                lm_ids[:, :, 1:].flatten(0, 1), reduction="none",
+            ).view_as(pairs)
+            lm = (nll * pairs).sum(-1) / pair_count  # [k, B]
+            return torch.cat([loss[:-k], loss[-k:] + self.config.lm_inner_weight * lm])
+
+        def inner_loss(state: State) -> InnerLoss:
+            out = block_forward_prefixed(params, state["memory"], glob, config=self.block_config)
             error = ((out - target).pow(2).mean(-1) * weights).sum(-1)
             mse = error / (count * scale)  # [C, B]: MSE / mean square of target
-            loss = mse + stability * (state - anchor).pow(2).sum((-2, -1))
-            if lm_ids is not None:
-                out_lm = block_forward_prefixed(lm_params, state[-k:], lm_inputs, config=self.block_config)
-                nll = F.cross_entropy(
-                    model.backbone.head(out_lm[:, :, :-1]).flatten(0, 1).transpose(1, 2),
-                    lm_ids[:, :, 1:].flatten(0, 1), reduction="none",
-                ).view_as(pairs)
-                lm = (nll * pairs).sum(-1) / pair_count  # [k, B]
-                loss = torch.cat([loss[:-k], loss[-k:] + self.config.lm_inner_weight * lm])
-            return loss.sum(), (loss, mse)
+            if lm_ids is None:
+                return InnerLoss(mse)
+            return InnerLoss(mse, lambda loss: with_next_token_loss(state["memory"], loss))
 
-        rule = RULES[config.rule]
-        state, buffers = anchor, {}
-        for step in range(config.steps):
-            create_graph = model.inner.create_graph(step)
-            grads, (loss, mse) = step_gradients(
-                lambda s: inner_loss(s["memory"]), {"memory": state}, functional=model.inner.functional,
-                create_graph=create_graph, retain_graph=create_graph or bool(config.outer_weight),
-            )
-            grad = grads["memory"]
-            if config.outer_weight:
-                stats.outer.append(mse.mean(1).sum())
-            if not create_graph:
-                grad = grad.detach()
-            grad = clip_per_example([grad.flatten(0, 1)], config)[0].view_as(grad)
-            lr = self.log_lr[layers.start : layers.stop, min(step, self.log_lr.shape[1] - 1)].exp()
-            previous = state
-            state, buffers = rule(state, grad, lr.view(cells, 1, 1, 1), buffers, step, config)
-            if self.config.keep_memory_norm:  # the forward is blind to the scale: only the direction moves
-                state = state * (previous.norm(dim=-1, keepdim=True) / state.norm(dim=-1, keepdim=True).clamp_min(1e-12))
-            stats.loss[step] += loss.detach().mean(1).sum()
-            stats.grad_norm[step] += per_example_norm([grad.detach().flatten(0, 1)]).view(cells, batch).mean(1).sum()
-        stats.cells += cells
-        return state
+        def rate(step: int, key: str) -> Tensor:
+            return self.log_lr[self.rate_axes.index(layer=slice(layers.start, layers.stop), step=step)].exp().view(cells, 1, 1, 1)
+
+        def keep_norm(state: Tensor, previous: Tensor) -> Tensor:  # the forward is blind to the scale
+            return state * (previous.norm(dim=-1, keepdim=True) / state.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+
+        adapted = model.inner.run(
+            inner_loss, {"memory": anchor}, rate, stats, anchor=stability, lead=2,
+            after_update=keep_norm if self.config.keep_memory_norm else None,
+        )
+        return adapted["memory"]
 
     # --- the whole grid --------------------------------------------------------------------------
 
@@ -292,9 +260,9 @@ class PRMT4(nn.Module, Recurrence):
         diagonal = self.config.schedule == "diagonal"
         groups = (diagonal_waves if diagonal else sequential_cells)(layers, len(ids))
         stacked = backbone.stacked_layer_params() if diagonal else None
-        stats = _Stats(model.inner.config.steps)
+        stats = InnerStats(model.inner.config.steps)
         for cells in groups:
             params = self._layer_params(model, range(cells[0][0], cells[-1][0] + 1), stacked)
             self._run_cells(model, cells, params, hidden, masks, ids, memory, query, stats)
         logits = backbone.head(hidden[query])
-        return ReadOutput(logits=gather_answer_logits(logits, positions), stats=stats.result(memory))
+        return ReadOutput(logits=gather_answer_logits(logits, positions), stats=stats.result(memory, outer="sum_over_steps"))
