@@ -1,8 +1,14 @@
-"""The differentiable inner loop every learner reuses.
+"""The differentiable inner loop every learner and recurrence reuses.
 
 K steps of gradient descent on a per-example loss over a *state* (``dict`` of fast weights, each
-with a leading batch dimension). One ``autograd.grad`` of the summed loss gives every example its
-own gradient, because examples never share fast weights.
+with leading example dims). One ``autograd.grad`` of the summed loss gives every example its own
+gradient, because examples never share fast weights.
+
+`InnerLoop.run` is the loop: an objective, a state, learning rates (`RateAxes` + `register_log_lr`:
+a table along the axes the caller has, e.g. step and state group for a learner, layer and step for
+PRMT4), the stability anchor, per-example clipping, the update rule and statistics (`InnerStats`).
+`InnerLoop.forward` runs it for the learner (`MetaModel.adapt`); PRMT4 runs it for batches of
+(layer, segment) cells, whose state has two leading example dims (cell, batch).
 
 Grad modes:
     first      the update ``s - lr * g`` keeps ``s`` and ``lr`` in the graph but detaches ``g``:
