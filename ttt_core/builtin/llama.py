@@ -27,11 +27,7 @@ from torch import Tensor, nn
 
 from ttt_core.attention import allowed_keys, attend
 from ttt_core.builtin.configs import LlamaConfig
-
-
-class BackboneOutput(NamedTuple):
-    logits: Tensor  # [B, T, V]
-    hidden_states: tuple[Tensor, ...] | None  # input of layer 0, then each layer's output
+from ttt_core.interfaces import Backbone, BackboneOutput
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,8 +241,12 @@ class LlamaBlock(nn.Module):
         return {name: p.unsqueeze(0) for name, p in self.named_parameters()}
 
 
-class Llama(nn.Module):
-    """Decoder-only LM over input embeddings: `embed(ids)`, `forward(embeds)`, `head(hidden)`."""
+class Llama(nn.Module, Backbone):
+    """Decoder-only LM over input embeddings: `embed(ids)`, `forward(embeds)`, `head(hidden)`.
+
+    Capabilities (`ttt_core.interfaces`): `PackedRows` (forward's `positions` and `segments`) and
+    `LayerBlocks` (its blocks on stacked weights: `stacked_layer_params`, `layer_params`,
+    `project`, `block_forward_prefixed`)."""
 
     def __init__(self, config: LlamaConfig, vocab_size: int) -> None:
         super().__init__()
@@ -306,6 +306,22 @@ class Llama(nn.Module):
             x = _block(layer.cell_params(), x, prep, self.config)
             hidden.append(x[0])
         return BackboneOutput(self.head(x[0]), tuple(hidden) if return_hidden else None)
+
+    @property
+    def norm_eps(self) -> float:
+        return self.config.norm_eps
+
+    def layer_params(self, layer: int) -> dict[str, Tensor]:
+        """Layer `layer`'s own parameters with a cell dim of 1, for the functional block."""
+        return self.layers[layer].cell_params()
+
+    def project(self, params: dict[str, Tensor], x: Tensor, offset: int) -> Projected:
+        """`project` with this model's block config."""
+        return project(params, x, offset, config=self.config)
+
+    def block_forward_prefixed(self, params: dict[str, Tensor], prefix: Tensor, suffix: Projected) -> Tensor:
+        """`block_forward_prefixed` with this model's block config."""
+        return block_forward_prefixed(params, prefix, suffix, config=self.config)
 
     def stacked_layer_params(self, indices: Tensor | list[int] | None = None) -> dict[str, Tensor]:
         """Parameters of the chosen layers stacked along a new leading dim (differentiable)."""
