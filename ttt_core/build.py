@@ -10,6 +10,7 @@ slot.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -49,6 +50,7 @@ def _allocating(what: str) -> Iterator[None]:
         if not _is_allocation_failure(exc):
             raise
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1].strip()
+        first = re.sub(r"^\[enforce fail at [^\]]*\] err == 0\. ", "", first)  # torch's CPU allocator prefix
         raise TTTError(f"{what}: ran out of memory while building it ({first}); is a width or size too large?") from None
 
 

@@ -74,8 +74,10 @@ class MetaModel(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         # checkpoints from when rmt and prmt recipes built a memory learner they never ran: its
         # weights have no place in a model whose learner has none
-        if not self.learner.state_dict():
-            for key in [k for k in state_dict if k.startswith(prefix + "learner.")]:
+        shared = {id(p) for p in self.backbone.parameters()} | {id(p) for p in self.writer.parameters()}
+        if all(id(p) in shared for p in self.learner.parameters()):
+            own = {prefix + "learner." + k for k in self.learner.state_dict()}
+            for key in [k for k in state_dict if k.startswith(prefix + "learner.") and k not in own]:
                 del state_dict[key]
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
