@@ -59,8 +59,10 @@ class Backbone(ABC):
     """The sequence model (an ``nn.Module``). Context: ``vocab_size: int``.
 
     It consumes embeddings rather than ids so that memory tokens can be prefixed, and exposes its
-    blocks so that recurrences can run them one at a time (``layers``) or several in one batched
-    call (``stacked_layer_params`` + a functional block, used by diagonal batching).
+    blocks (``layers``) so that recurrences can run them one at a time. Optional abilities are
+    capabilities (below): several sequences per row (`PackedRows`), blocks run functionally on
+    stacked weights for diagonal batching (`LayerBlocks`), per-example weight deltas
+    (`WeightDeltas`); a backbone declares those it has when it registers (``provides``).
     """
 
     dim: int
