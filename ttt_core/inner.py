@@ -125,9 +125,9 @@ class RateAxes:
     """The axes of a table of learned log learning rates: name -> size, in the table's order.
 
     `InnerLoop` has the axes its recipe's `learn_lr` asks for among (step, group); PRMT4 has
-    (layer, step): a rate per layer always, the step axis of size 1 unless `learn_lr` asks for one. `index` picks the entry
-    for a position along each axis (an int, or a slice: one rate per cell of a batched call); a step
-    past the table's last uses the last."""
+    (layer, step): a rate per layer always, the step axis of size 1 unless `learn_lr` asks for one.
+    `index` picks the entry for a position along each axis (an int, or a slice: one rate per cell of
+    a batched call); a step past the table's last uses the last."""
 
     sizes: dict[str, int]
 
