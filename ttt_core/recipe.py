@@ -427,10 +427,6 @@ def build_recipe(
     components: dict[str, ComponentSpec] = {}
     for slot, kind in SLOTS.items():
         table = _slot_data(data, slot)
-        if table is None and slot in ("memory.learner", "memory.writer"):  # TEMPORARY (not committed)
-            rec = _slot_data(data, "recurrence")
-            if isinstance(rec, dict) and rec.get("name") in ("rmt", "prmt4"):
-                continue
         if table is None:
             if slot not in DEFAULT_SLOTS:
                 problems.append((slot, f"missing: this recipe needs a [{slot}] table with a 'name'"))
