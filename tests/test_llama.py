@@ -191,3 +191,38 @@ def test_four_layer_width_128_trains_stably():
         losses.append(loss.item())
     assert all(math.isfinite(x) for x in losses)
     assert losses[-1] < 0.1 < losses[0]
+
+
+def test_weight_deltas_equal_the_merged_weights_per_example():
+    """`forward_with_deltas`: example b runs with W + up[b] @ down[b] on the named linear layers; a
+    zero delta is `forward` exactly; gradients reach the deltas."""
+    from ttt_core.interfaces import missing_capability
+
+    m = model()
+    assert missing_capability(m, "weight_deltas") is None
+    assert m.delta_targets()["layers.1.w_gate_up"] == tuple(m.layers[1].w_gate_up.shape)
+    torch.manual_seed(1)
+    ids = torch.randint(0, 11, (2, 7))
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    mask[1, 5:] = False
+    embeds = m.embed(ids)
+    names = ["layers.0.wqkv", "layers.1.w_gate_up", "layers.2.w_down", "layers.2.wo"]
+    deltas = {}
+    for name in names:
+        out, inp = m.delta_targets()[name]
+        deltas[name] = (torch.randn(2, 3, inp) * 0.1, (torch.randn(2, out, 3) * 0.1).requires_grad_())
+    zero = {name: (down, torch.zeros_like(up)) for name, (down, up) in deltas.items()}
+    assert torch.equal(m.forward_with_deltas(embeds, mask, zero).logits, m(embeds, mask).logits)
+    logits = m.forward_with_deltas(embeds, mask, deltas).logits
+    for b in range(2):
+        merged = model()
+        with torch.no_grad():
+            for name, (down, up) in deltas.items():
+                _, i, weight = name.split(".")
+                getattr(merged.layers[int(i)], weight).add_(up[b] @ down[b])
+        alone = merged(embeds[b : b + 1], mask[b : b + 1]).logits[0]
+        torch.testing.assert_close(logits[b][mask[b]], alone[mask[b]], atol=1e-5, rtol=1e-5)
+    logits[mask].sum().backward()
+    assert all(up.grad is not None and up.grad.abs().sum() > 0 for _, up in deltas.values())
+    with pytest.raises(KeyError, match="no linear weight"):
+        m.forward_with_deltas(embeds, mask, {"layers.9.wo": deltas["layers.2.wo"]})

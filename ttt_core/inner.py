@@ -1,8 +1,14 @@
-"""The differentiable inner loop every learner reuses.
+"""The differentiable inner loop every learner and recurrence reuses.
 
 K steps of gradient descent on a per-example loss over a *state* (``dict`` of fast weights, each
-with a leading batch dimension). One ``autograd.grad`` of the summed loss gives every example its
-own gradient, because examples never share fast weights.
+with leading example dims). One ``autograd.grad`` of the summed loss gives every example its own
+gradient, because examples never share fast weights.
+
+`InnerLoop.run` is the loop: an objective, a state, learning rates (`RateAxes` + `register_log_lr`:
+a table along the axes the caller has, e.g. step and state group for a learner, layer and step for
+PRMT4), the stability anchor, per-example clipping, the update rule and statistics (`InnerStats`).
+`InnerLoop.forward` runs it for the learner (`MetaModel.adapt`); PRMT4 runs it for batches of
+(layer, segment) cells, whose state has two leading example dims (cell, batch).
 
 Grad modes:
     first      the update ``s - lr * g`` keeps ``s`` and ``lr`` in the graph but detaches ``g``:
@@ -21,8 +27,9 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
+import attrs
 import torch
 from torch import Tensor, nn
 from torch.profiler import record_function
@@ -80,25 +87,29 @@ def adam(param: Tensor, grad: Tensor, lr: Tensor, buffers: dict, step: int, conf
 RULES = {"sgd": sgd, "momentum": momentum, "adam": adam}
 
 
-def per_example_sq_norm(tensors: Sequence[Tensor]) -> Tensor:
-    """``[B]`` squared global L2 norm over all tensors, per example (leading dim)."""
-    return torch.stack([t.reshape(t.shape[0], -1).pow(2).sum(1) for t in tensors]).sum(0)
+def per_example_sq_norm(tensors: Sequence[Tensor], lead: int = 1) -> Tensor:
+    """Squared global L2 norm over all tensors, per example: the first `lead` dims index examples
+    (``[B]`` for a learner's state, ``[C, B]`` for PRMT4's cells of a batch)."""
+    return torch.stack([t.reshape(*t.shape[:lead], -1).pow(2).sum(-1) for t in tensors]).sum(0)
 
 
-def per_example_norm(tensors: Sequence[Tensor]) -> Tensor:
-    return per_example_sq_norm(tensors).sqrt()
+def per_example_norm(tensors: Sequence[Tensor], lead: int = 1) -> Tensor:
+    return per_example_sq_norm(tensors, lead).sqrt()
 
 
-def clip_per_example(grads: list[Tensor], config: InnerConfig) -> list[Tensor]:
+def clip_per_example(grads: list[Tensor], config: InnerConfig, lead: int = 1) -> list[Tensor]:
+    """Clip by value, then by the global norm of each example (the first `lead` dims index examples)."""
     if config.clip_value is not None:
         grads = [g.clamp(-config.clip_value, config.clip_value) for g in grads]
     if config.clip_norm is not None:
-        scale = (config.clip_norm / (per_example_norm(grads) + 1e-6)).clamp(max=1.0)
-        grads = [g * scale.view(-1, *([1] * (g.dim() - 1))) for g in grads]
+        flat = [g.flatten(0, lead - 1) for g in grads]
+        scale = (config.clip_norm / (per_example_norm(flat) + 1e-6)).clamp(max=1.0)
+        grads = [(g * scale.view(-1, *([1] * (g.dim() - 1)))).view_as(original) for g, original in zip(flat, grads)]
     return grads
 
 
-# which axes the learned log learning rate has, per `learn_lr` mode
+# --- learned learning rates -------------------------------------------------------------------
+
 LR_AXES: dict[str, tuple[str, ...]] = {
     "none": (),
     "scalar": (),
@@ -106,40 +117,119 @@ LR_AXES: dict[str, tuple[str, ...]] = {
     "per_group": ("group",),
     "per_step_group": ("step", "group"),
 }
+"""Which axes the learned log learning rate has, per `learn_lr` mode (of the axes a loop offers)."""
 
 
-def lr_shape(config: InnerConfig, groups: int) -> tuple[int, ...]:
-    """Shape of the log learning rates. A single rate is ``(1,)``, never 0-dim: DeepSpeed cannot
-    broadcast 0-dim parameters (``deepspeed.initialize`` fails viewing them as bytes)."""
-    sizes = {"step": max(config.steps, 1), "group": groups}
-    return tuple(sizes[axis] for axis in LR_AXES[config.learn_lr]) or (1,)
+@attrs.frozen
+class RateAxes:
+    """The axes of a table of learned log learning rates: name -> size, in the table's order.
+
+    `InnerLoop` has the axes its recipe's `learn_lr` asks for among (step, group); PRMT4 has
+    (layer, step): a rate per layer always, the step axis of size 1 unless `learn_lr` asks for one.
+    `index` picks the entry for a position along each axis (an int, or a slice: one rate per cell of
+    a batched call); a step past the table's last uses the last."""
+
+    sizes: dict[str, int]
+
+    @classmethod
+    def of(cls, config: InnerConfig, offered: dict[str, int]) -> RateAxes:
+        """The axes among `offered` (name -> size) that `config.learn_lr` asks for, in that order."""
+        return cls({axis: size for axis, size in offered.items() if axis in LR_AXES[config.learn_lr]})
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.sizes.values()) or (1,)
+
+    def index(self, **position: int | slice) -> tuple[int | slice, ...]:
+        if not self.sizes:
+            return (0,)
+        return tuple(min(position[axis], size - 1) if axis == "step" else position[axis]
+                     for axis, size in self.sizes.items())
+
+
+def register_log_lr(module: nn.Module, config: InnerConfig, axes: RateAxes) -> None:
+    """Give `module` the table ``log_lr`` (shape `axes.shape`, every entry log(config.lr)): a parameter
+    (exp keeps the rate positive), or a buffer when ``learn_lr = "none"``."""
+    log_lr = torch.full(axes.shape, math.log(config.lr))
+    if config.learn_lr == "none":
+        module.register_buffer("log_lr", log_lr)
+    else:
+        module.log_lr = nn.Parameter(log_lr)
+
+
+# --- the loop ---------------------------------------------------------------------------------
+
+
+class InnerLoss(NamedTuple):
+    """What an objective returns when it needs more than a per-example loss.
+
+    ``fit`` ``[*lead]``: the loss the stability anchor is added to; its batch mean (summed over the
+    leading group dims) is the term ``outer_weight`` adds to the outer loss. ``finish``: terms added
+    after the anchor, as a function of the anchored loss (PRMT4's next-token term on its top cells)."""
+
+    fit: Tensor
+    finish: Callable[[Tensor], Tensor] | None = None
+
+
+InnerObjective = Callable[[State], "Tensor | InnerLoss"]
+
+
+class InnerStats:
+    """Per-step inner statistics summed over calls (each call's batch means, summed over its
+    groups), averaged over groups by `result`: one call for a learner, many cells for PRMT4."""
+
+    def __init__(self, steps: int) -> None:
+        self.loss: list[Tensor | float] = [0.0] * steps
+        self.grad_norm: list[Tensor | float] = [0.0] * steps
+        self.groups = 0
+        self.outer: list[Tensor] = []
+
+    def result(self, memory: Sequence[Tensor], outer: str = "mean_over_steps") -> dict[str, Tensor]:
+        """`inner_loss` / `inner_grad_norm` ``[K]``, `memory_norm` of `memory`, and `outer_term` (in
+        the graph): the mean over steps of the fit term (`InnerLoop`), or with ``outer =
+        "sum_over_steps"`` its sum over steps, averaged over groups (PRMT4's, from before the loops
+        were one)."""
+        stats: dict[str, Tensor] = {}
+        if self.groups and self.loss:
+            stats["inner_loss"] = torch.stack([torch.as_tensor(x) for x in self.loss]) / self.groups
+            stats["inner_grad_norm"] = torch.stack([torch.as_tensor(x) for x in self.grad_norm]) / self.groups
+        stats["memory_norm"] = per_example_norm([m.detach() for m in memory]).mean()
+        if self.outer:
+            outer_terms = torch.stack(self.outer)
+            stats["outer_term"] = outer_terms.mean() if outer == "mean_over_steps" else outer_terms.sum() / self.groups
+        return stats
 
 
 class InnerLoop(nn.Module):
-    """K differentiable steps over a state, with learned (positive) inner learning rates."""
+    """K differentiable steps over a state: the engine every learner and recurrence runs (`run`),
+    with learned (positive) inner learning rates for the learner's state groups.
+
+    It holds the recipe's ``[inner]`` config, the grad-mode logic (`create_graph`) and the switch to
+    `torch.func` gradients (`functional`). With no groups (a learner without fast weights) it owns no
+    learning rates: a recurrence that runs its own steps (PRMT4) keeps its own table and passes it to
+    `run`."""
 
     def __init__(self, config: InnerConfig, groups: Sequence[str]) -> None:
         super().__init__()
         self.config = config
         self.groups = list(groups)
-        log_lr = torch.full(lr_shape(config, len(self.groups)), math.log(config.lr))
-        if config.learn_lr == "none":
-            self.register_buffer("log_lr", log_lr)
-        else:
-            self.log_lr = nn.Parameter(log_lr)  # exp keeps the learning rate positive
+        self.axes = RateAxes.of(config, {"step": max(config.steps, 1), "group": len(self.groups)})
+        if self.groups:
+            register_log_lr(self, config, self.axes)
         self.functional = False
         """Compute step gradients with `torch.func.grad` instead of `torch.autograd.grad`: needed when
         the outer gradient is itself a `torch.func` transform (`ttt_core.train.functional`)."""
 
     def lr(self, step: int, group: int) -> Tensor:
-        position = {"step": step, "group": group}
-        index = tuple(position[axis] for axis in LR_AXES[self.config.learn_lr]) or (0,)
-        return self.log_lr[index].exp()
+        return self.log_lr[self.axes.index(step=step, group=group)].exp()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        # checkpoints written before the single learning rate became shape (1,) hold a 0-dim one
         key = prefix + "log_lr"
-        if key in state_dict and state_dict[key].dim() == 0 and self.log_lr.shape == (1,):
+        if key in state_dict and not hasattr(self, "log_lr"):
+            # a loop without groups owns no rates; checkpoints from when it kept an unused one load
+            del state_dict[key]
+        # checkpoints written before the single learning rate became shape (1,) hold a 0-dim one
+        elif key in state_dict and state_dict[key].dim() == 0 and self.log_lr.shape == (1,):
             state_dict[key] = state_dict[key].reshape(1)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -150,61 +240,77 @@ class InnerLoop(nn.Module):
         mode, steps = self.config.grad_mode, self.config.steps
         return mode == "second" or (mode == "truncated" and step >= steps - self.config.truncate)
 
-    def _objective(self, loss_fn: LossFn, state: State, initial: State, keys: list[str]) -> tuple[Tensor, Tensor]:
-        """Per-example inner objective ``[B]`` (loss plus stability term) and the plain mean loss."""
-        with record_function("ttt.inner.forward"):
-            per_example = loss_fn(state)
-        outer_term = per_example.mean()
-        if self.config.stability:
-            drift = [state[k] - initial[k] for k in keys]
-            per_example = per_example + self.config.stability * per_example_sq_norm(drift)
-        return per_example, outer_term
+    def run(
+        self,
+        objective: InnerObjective,
+        state: State,
+        rate: Callable[[int, str], Tensor],
+        stats: InnerStats,
+        *,
+        anchor: Tensor | float | None = None,
+        lead: int = 1,
+        after_update: Callable[[Tensor, Tensor], Tensor] | None = None,
+    ) -> State:
+        """`config.steps` steps of `config.rule` on `objective` (per-example losses ``[*lead]``) from
+        `state`; return the adapted state and add each step's statistics to `stats`.
 
-    def _step_grads(
-        self, loss_fn: LossFn, state: State, initial: State, keys: list[str], create_graph: bool
-    ) -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
-        def objective(s: State) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-            per_example, outer_term = self._objective(loss_fn, s, initial, keys)
-            return per_example.sum(), (per_example, outer_term)
-
-        grads, (per_example, outer_term) = step_gradients(
-            objective, {k: state[k] for k in keys}, functional=self.functional, create_graph=create_graph,
-            retain_graph=create_graph or bool(self.config.outer_weight),
-        )
-        return tuple(grads[k] for k in keys), per_example, outer_term
-
-    def forward(self, loss_fn: LossFn, state: State) -> tuple[State, dict[str, Tensor]]:
-        """Adapt `state` on `loss_fn` (per-example losses ``[B]``); return it and statistics."""
+        rate: `(step, key)` -> the learning rate of that step for that state entry (broadcastable).
+        anchor: weight (broadcastable to the loss) of ``||s - initial s||^2`` added to each example's
+            loss (`[inner] stability`; PRMT4's learned per-layer weight).
+        lead: how many leading dims of every state tensor index examples (gradients are clipped and
+            norms taken per example): 1 for ``[B, ...]``, 2 for PRMT4's ``[C, B, ...]`` cells.
+        after_update: `(new, previous)` -> new, applied to each entry after its update (PRMT4's
+            `keep_memory_norm`)."""
         config = self.config
         keys = list(state)
-        missing = [k for k in keys if k not in self.groups]
-        if missing:
-            raise KeyError(f"state keys {missing} are not inner-loop groups {self.groups}")
         initial = dict(state)
         buffers: dict[str, dict] = {k: {} for k in keys}
         rule = RULES[config.rule]
-        losses, grad_norms = [], []
-        outer_terms = []
+
+        def total(s: State) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+            with record_function("ttt.inner.forward"):
+                loss = objective(s)
+            fit, finish = (loss.fit, loss.finish) if isinstance(loss, InnerLoss) else (loss, None)
+            outer_term = fit.mean(-1).sum()  # batch mean, summed over groups
+            per_example = fit
+            if anchor is not None:
+                per_example = per_example + anchor * per_example_sq_norm([s[k] - initial[k] for k in keys], lead)
+            if finish is not None:
+                per_example = finish(per_example)
+            return per_example.sum(), (per_example, outer_term)
+
         for step in range(config.steps):
             create_graph = self.create_graph(step)
-            grads, per_example, outer_term = self._step_grads(loss_fn, state, initial, keys, create_graph)
+            grads_by_key, (per_example, outer_term) = step_gradients(
+                total, state, functional=self.functional, create_graph=create_graph,
+                retain_graph=create_graph or bool(config.outer_weight),
+            )
             if config.outer_weight:
-                outer_terms.append(outer_term)
+                stats.outer.append(outer_term)
+            grads = [grads_by_key[k] for k in keys]
             if not create_graph:
-                grads = tuple(g.detach() for g in grads)
-            grads = clip_per_example(list(grads), config)
+                grads = [g.detach() for g in grads]
+            grads = clip_per_example(grads, config, lead)
             new_state = {}
             for k, grad in zip(keys, grads):
-                lr = self.lr(step, self.groups.index(k))
-                new_state[k], buffers[k] = rule(state[k], grad, lr, buffers[k], step, config)
+                new_state[k], buffers[k] = rule(state[k], grad, rate(step, k), buffers[k], step, config)
+                if after_update is not None:
+                    new_state[k] = after_update(new_state[k], state[k])
             state = new_state
-            losses.append(per_example.detach().mean())
-            grad_norms.append(per_example_norm([g.detach() for g in grads]).mean())
-        stats: dict[str, Tensor] = {}
-        if losses:
-            stats["inner_loss"] = torch.stack(losses)
-            stats["inner_grad_norm"] = torch.stack(grad_norms)
-        stats["memory_norm"] = per_example_norm([v.detach() for v in state.values()]).mean()
-        if outer_terms:
-            stats["outer_term"] = torch.stack(outer_terms).mean()  # in the graph: added to the outer loss
-        return state, stats
+            stats.loss[step] += per_example.detach().mean(-1).sum()
+            flat = [g.detach().flatten(0, lead - 1) for g in grads]
+            stats.grad_norm[step] += per_example_norm(flat).view(per_example.shape).mean(-1).sum()
+        stats.groups += math.prod(per_example.shape[:-1]) if config.steps else 0
+        return state
+
+    def forward(self, loss_fn: LossFn, state: State) -> tuple[State, dict[str, Tensor]]:
+        """Adapt `state` on `loss_fn` (per-example losses ``[B]``); return it and statistics."""
+        missing = [k for k in state if k not in self.groups]
+        if missing:
+            raise KeyError(f"state keys {missing} are not inner-loop groups {self.groups}")
+        stats = InnerStats(self.config.steps)
+        state = self.run(
+            loss_fn, state, lambda step, key: self.lr(step, self.groups.index(key)), stats,
+            anchor=self.config.stability or None,
+        )
+        return state, stats.result(list(state.values()))

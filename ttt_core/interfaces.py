@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -38,12 +38,31 @@ class Tokenizer(Protocol):
     def decode(self, ids: list[int]) -> str: ...
 
 
+class BackboneOutput(NamedTuple):
+    """What a backbone's forward returns."""
+
+    logits: Tensor
+    """``[B, T, vocab]``."""
+    hidden_states: tuple[Tensor, ...] | None
+    """The input of the first block, then each block's output (None unless ``return_hidden``)."""
+
+
+@runtime_checkable
+class OwnsMemory(Protocol):
+    """A component with meta-learned initial fast weights: the optimiser's "memory" group
+    (``[optimizer] memory_lr``). Learners, writers and recurrences report theirs."""
+
+    def memory_parameters(self) -> list[nn.Parameter]: ...
+
+
 class Backbone(ABC):
     """The sequence model (an ``nn.Module``). Context: ``vocab_size: int``.
 
     It consumes embeddings rather than ids so that memory tokens can be prefixed, and exposes its
-    blocks so that recurrences can run them one at a time (``layers``) or several in one batched
-    call (``stacked_layer_params`` + a functional block, used by diagonal batching).
+    blocks (``layers``) so that recurrences can run them one at a time. Optional abilities are
+    capabilities (below): several sequences per row (`PackedRows`), blocks run functionally on
+    stacked weights for diagonal batching (`LayerBlocks`), per-example weight deltas
+    (`WeightDeltas`); a backbone declares those it has when it registers (``provides``).
     """
 
     dim: int
@@ -56,12 +75,11 @@ class Backbone(ABC):
         """``[B, T]`` token ids -> ``[B, T, d]`` embeddings."""
 
     @abstractmethod
-    def forward(self, embeds: Tensor, mask: Tensor | None = None, return_hidden: bool = False) -> Any:
+    def forward(self, embeds: Tensor, mask: Tensor | None = None, return_hidden: bool = False) -> BackboneOutput:
         """Run all blocks and the head.
 
-        Returns an object with ``logits [B, T, vocab]`` and ``hidden_states`` (the input of the
-        first block then each block's output, or None unless ``return_hidden``). ``mask`` is
-        ``[B, T]`` bool, True for real tokens; padded positions never change real ones.
+        ``mask`` is ``[B, T]`` bool, True for real tokens; padded positions never change real ones.
+        A backbone that also takes several sequences per row declares it (`PackedRows`).
         """
 
     @abstractmethod
@@ -87,6 +105,10 @@ class MemoryWriter(ABC):
     ) -> Tensor:
         """``memory [B, M, d]`` and ``context [B, T, d]`` embeddings -> written memory ``[B, M, d]``."""
 
+    def memory_parameters(self) -> list[nn.Parameter]:
+        """The meta-learned initial values of its fast weights; by default all its parameters."""
+        return list(self.parameters())  # type: ignore[attr-defined]
+
 
 class InnerLearner(ABC):
     """Fast weights with a meta-learned initial value, adapted per example at test time.
@@ -111,6 +133,11 @@ class InnerLearner(ABC):
         ``context`` is the last context segment, for writers that read it when writing memory.
         """
 
+    def memory_parameters(self) -> list[nn.Parameter]:
+        """The meta-learned initial values of its fast weights. By default all its parameters:
+        `MetaModel` leaves out those of the backbone and the writer it holds."""
+        return list(self.parameters())  # type: ignore[attr-defined]
+
 
 class Recurrence(ABC):
     """How an episode's context is cut into segments and memory carried between them.
@@ -122,12 +149,19 @@ class Recurrence(ABC):
     parameters would be trained twice): ``forward`` receives it as ``model.backbone``. A recurrence
     that needs neither accepts and ignores them (``**context``).
 
-    A recurrence that runs its own inner loop (PRMT4) takes its step gradients from
-    ``ttt_core.inner.step_gradients`` with ``functional=model.inner.functional``, as ``InnerLoop``
-    does: the compiled training step (``[train] compile``) is a ``torch.func`` transform, which
-    ``autograd.grad`` does not compose with. Under it, build no frozen attrs objects (``Segment``) inside ``forward``: dynamo
-    cannot construct them.
+    A recurrence that runs its own inner steps (PRMT4) runs them through ``model.inner.run``
+    (`ttt_core.inner.InnerLoop.run`) with its own objective, state and learned rates: the loop knows
+    the grad mode and whether the step is compiled (``[train] compile`` is a ``torch.func``
+    transform, which ``autograd.grad`` does not compose with). Under it, build no frozen attrs
+    objects (``Segment``) inside ``forward``: dynamo cannot construct them. Such a recurrence
+    registers with ``slots=()`` when it uses neither the learner nor the writer: the model then
+    has the ``none`` learner and an inner loop without learning rates of its own.
     """
+
+    def memory_parameters(self) -> list[nn.Parameter]:
+        """Parameters that are initial memory (RMT's memory tokens, PRMT4's per-layer memory); the
+        rest of its parameters are meta-parameters. None by default."""
+        return []
 
     @abstractmethod
     def forward(self, model: Any, episode: Episode) -> Any:
@@ -235,39 +269,82 @@ class OuterOptimizer(ABC):
 
 @runtime_checkable
 class PacksContext(Protocol):
-    """An inner learner that lays its context pass out two examples per row (`ttt_core.packing`)."""
+    """An inner learner that lays its context pass out two examples per row (`ttt_core.packing`).
+
+    ``pack`` returns the segment with its layout attached (``segment.packing``), rows at least
+    ``min_width`` wide, or the segment unchanged when the learner's config does not pack. The
+    compiled step calls it before tracing (the layout reads lengths); ``inner_loss`` then uses it."""
 
     def pack(self, segment: Segment, min_width: int = 0) -> Segment: ...
 
 
 @runtime_checkable
 class PackedRows(Protocol):
-    """A backbone whose forward takes several sequences per row: ``positions`` and ``segments``
-    ``[B, T]`` (which sequence a position belongs to; attention stays within one)."""
+    """A backbone whose forward takes several sequences per row: ``positions`` ``[B, T]`` (RoPE
+    position of each token within its own sequence) and ``segments`` ``[B, T]`` (which sequence a
+    position belongs to, -1 for padding; attention stays within one)."""
 
     def forward(
         self, embeds: Tensor, mask: Tensor | None = None, return_hidden: bool = False,
         positions: Tensor | None = None, segments: Tensor | None = None,
-    ) -> Any: ...
+    ) -> BackboneOutput: ...
 
 
 @runtime_checkable
 class LayerBlocks(Protocol):
-    """A backbone whose blocks run functionally on stacked per-layer weights (diagonal batching)."""
+    """A backbone whose blocks run functionally on per-layer weights with a leading *cell* dim C:
+    C layers applied to C inputs in one batched call (PRMT4's diagonal batching).
 
-    def stacked_layer_params(self, indices: Any = None) -> dict[str, Tensor]: ...
+    ``params`` below map a block's parameter names to tensors ``[C, ...]``. ``block_forward_prefixed``
+    runs a block on ``[prefix; x]`` for the outputs at x's positions only (causal, no padding mask),
+    with x's attention projections computed once by ``project`` and reused under many prefixes; a
+    projected x with batch 1 is shared by every example."""
+
+    n_layers: int
+    norm_eps: float
+    """The epsilon of the blocks' RMS norms."""
+
+    def stacked_layer_params(self, indices: Any = None) -> dict[str, Tensor]:
+        """The chosen layers' (all by default) parameters stacked along a leading C dim (differentiable)."""
+        ...
+
+    def layer_params(self, layer: int) -> dict[str, Tensor]:
+        """One layer's own parameters with a C dim of 1."""
+        ...
+
+    def project(self, params: dict[str, Tensor], x: Tensor, offset: int) -> Any:
+        """x ``[C, b, T, d]`` sitting after ``offset`` prefix positions, with its queries, keys and values."""
+        ...
+
+    def block_forward_prefixed(self, params: dict[str, Tensor], prefix: Tensor, suffix: Any) -> Tensor:
+        """The block outputs ``[C, B, T, d]`` at the positions of `suffix` (from ``project``) behind
+        ``prefix`` ``[C, B, M, d]`` (M = the offset it was projected at)."""
+        ...
+
+    def head(self, hidden: Tensor) -> Tensor: ...
 
 
 @runtime_checkable
 class WeightDeltas(Protocol):
-    """A backbone that runs with per-example low-rank deltas on its linear layers (LoRA memory)."""
+    """A backbone that runs with per-example low-rank deltas on its linear layers (LoRA memory).
 
-    def forward_with_deltas(self, embeds: Tensor, mask: Tensor | None, deltas: dict[str, Any]) -> Any: ...
+    ``delta_targets`` names the linear weights a delta may adapt, with their shapes ``(out, in)``
+    (e.g. ``"layers.0.wqkv": (3d, d)``). ``forward_with_deltas`` is ``forward`` with, for each
+    named weight ``W`` and each example b, ``W + up[b] @ down[b]`` in its place: ``deltas[name] =
+    (down [B, r, in], up [B, out, r])``; names left out run with ``W`` alone. Deltas of zero give
+    ``forward``'s result, and gradients reach both the deltas and the backbone."""
+
+    def delta_targets(self) -> dict[str, tuple[int, int]]: ...
+
+    def forward_with_deltas(
+        self, embeds: Tensor, mask: Tensor | None, deltas: dict[str, tuple[Tensor, Tensor]],
+        return_hidden: bool = False,
+    ) -> BackboneOutput: ...
 
 
 @runtime_checkable
 class ExportsData(Protocol):
-    """A task that writes its splits to files (`ttt data --write`)."""
+    """A task that writes its splits to files (`ttt data --write`): returns the paths written."""
 
     def export(self, directory: Path, fmt: str, train_samples: int) -> list[Path]: ...
 
@@ -280,3 +357,33 @@ CAPABILITIES: dict[str, type] = {
     "export": ExportsData,
 }
 """Capability name (as recipes' components declare it) -> the protocol a built component satisfies."""
+
+
+def missing_capability(component: Any, capability: str) -> str | None:
+    """Why `component` lacks `capability` (a name in `CAPABILITIES`), or None if it has it.
+
+    Beyond ``isinstance`` (which only sees that methods and attributes exist), the optional
+    parameters a protocol's methods declare (callers pass them by keyword) must be accepted by the
+    component's: a backbone whose ``forward`` takes no ``segments`` has no `PackedRows`."""
+    import inspect
+
+    protocol = CAPABILITIES[capability]
+    members = [name for name in protocol.__dict__.get("__annotations__", {})]
+    members += [name for name, value in vars(protocol).items() if callable(value) and not name.startswith("_")]
+    absent = [name for name in members if not hasattr(component, name)]
+    if absent:
+        return f"it has no {', '.join(absent)}"
+    for name, value in vars(protocol).items():
+        if name.startswith("_") or not callable(value):
+            continue
+        wanted = [name for name, p in inspect.signature(value).parameters.items() if p.default is not p.empty]
+        try:
+            given = inspect.signature(getattr(component, name)).parameters
+        except (TypeError, ValueError):
+            continue
+        if any(p.kind is p.VAR_KEYWORD for p in given.values()):
+            continue
+        lacking = [p for p in wanted if p not in given]
+        if lacking:
+            return f"its {name}() takes no {', '.join(lacking)}"
+    return None

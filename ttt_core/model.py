@@ -1,4 +1,4 @@
-"""The meta-learned model: backbone + inner learner + writer + inner loop, and the outer loss."""
+"""The meta-learned model: backbone + inner learner + writer + recurrence + inner loop, and the outer loss."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch.profiler import record_function
 
 from ttt_core.episode import Episode, Segment
 from ttt_core.inner import InnerLoop
-from ttt_core.interfaces import State
+from ttt_core.interfaces import OwnsMemory, State
 
 @dataclasses.dataclass(frozen=True)
 class ReadOutput:
@@ -40,7 +40,13 @@ def prefixed_logits(backbone: nn.Module, prefix: Tensor, embeds: Tensor, mask: T
 
 
 class MetaModel(nn.Module):
-    """Everything the outer optimiser trains, and the adapt / read calls recurrences use."""
+    """Everything the outer optimiser trains, and the adapt / read calls recurrences use.
+
+    ``inner`` is the inner loop (`ttt_core.inner.InnerLoop`): the recipe's ``[inner]`` config, the
+    grad-mode logic and the switch to `torch.func` gradients, with learned learning rates for the
+    learner's state groups only. A model whose learner has no state (``none``: rmt, prmt4, LM
+    backbones with their own TTT layers) therefore carries no inner-loop parameters; a recurrence
+    that runs its own steps (PRMT4) owns its rates and runs them through ``inner.run``."""
 
     def __init__(self, backbone: nn.Module, learner: nn.Module, writer: nn.Module, recurrence: nn.Module, inner_config) -> None:
         super().__init__()
@@ -65,16 +71,37 @@ class MetaModel(nn.Module):
     def forward(self, episode: Episode) -> ReadOutput:
         return self.recurrence(self, episode)
 
-    def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        """backbone / memory (initial fast weights: learner and writer) / meta (inner lrs, recurrence)."""
-        groups = {
-            "backbone": list(self.backbone.parameters()),
-            "memory": [*self.learner_own_parameters(), *self.writer.parameters()],
-            "meta": [*self.inner.parameters(), *self.recurrence.parameters()],
-        }
-        return {name: params for name, params in groups.items() if params}
-
-    def learner_own_parameters(self) -> list[nn.Parameter]:
-        """The learner's parameters that are not the backbone's or the writer's (it holds both)."""
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # checkpoints from when rmt and prmt recipes built a memory learner they never ran: its
+        # weights have no place in a model whose learner has none
         shared = {id(p) for p in self.backbone.parameters()} | {id(p) for p in self.writer.parameters()}
-        return [p for p in self.learner.parameters() if id(p) not in shared]
+        if all(id(p) in shared for p in self.learner.parameters()):
+            own = {prefix + "learner." + k for k in self.learner.state_dict()}
+            for key in [k for k in state_dict if k.startswith(prefix + "learner.") and k not in own]:
+                del state_dict[key]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """backbone / memory (the initial fast weights every component reports: learner, writer,
+        recurrence) / meta (inner learning rates, the recurrence's other parameters, anything else)."""
+        backbone = list(self.backbone.parameters())
+        taken = {id(p) for p in backbone}
+        writer_own = {id(p) for p in self.writer.parameters()}
+        memory: list[nn.Parameter] = []
+        for component, default, exclude in (
+            (self.learner, self.learner.parameters, taken | writer_own),  # it holds both
+            (self.writer, self.writer.parameters, taken),
+            (self.recurrence, lambda: [], taken),
+        ):
+            reported = component.memory_parameters() if isinstance(component, OwnsMemory) else default()
+            for p in reported:
+                if id(p) not in exclude and id(p) not in {id(q) for q in memory}:
+                    memory.append(p)
+        taken |= {id(p) for p in memory}
+        meta: list[nn.Parameter] = []
+        for p in [*self.inner.parameters(), *self.recurrence.parameters(), *self.parameters()]:
+            if id(p) not in taken:
+                meta.append(p)
+                taken.add(id(p))
+        groups = {"backbone": backbone, "memory": memory, "meta": meta}
+        return {name: params for name, params in groups.items() if params}

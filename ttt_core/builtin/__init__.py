@@ -16,6 +16,11 @@ from ttt_core.hookspecs import hookimpl
 from ttt_core.registry import ProviderRegistry
 
 
+def memory_tokens_needs(config: MemoryTokensConfig) -> dict[str, tuple[str, ...]]:
+    """With `pack_pairs` the context pass runs two examples per row through the backbone."""
+    return {"backbone": ("packed_rows",)} if config.pack_pairs else {}
+
+
 @hookimpl
 def ttt_register_components(registry: ProviderRegistry) -> None:
     registry.add(
@@ -23,6 +28,7 @@ def ttt_register_components(registry: ProviderRegistry) -> None:
         "llama",
         config=LlamaConfig,
         factory="ttt_core.builtin.llama:build_llama",
+        provides=("packed_rows", "layer_blocks", "weight_deltas"),
         description="LLaMA-style decoder: RMSNorm, RoPE, SwiGLU, causal attention",
     )
     registry.add(
@@ -31,6 +37,8 @@ def ttt_register_components(registry: ProviderRegistry) -> None:
         config=MemoryTokensConfig,
         factory="ttt_core.builtin.memory_tokens:MemoryTokens",
         aliases=("prompt_tuning",),
+        provides=("packing",),
+        needs=memory_tokens_needs,
         description="M memory token embeddings adapted on the context's LM loss (baseline TTT)",
     )
     registry.add(
@@ -60,6 +68,7 @@ def ttt_register_components(registry: ProviderRegistry) -> None:
         config=ARConfig,
         factory="ttt_core.builtin.associative_retrieval:AssociativeRetrieval",
         aliases=("ar",),
+        provides=("export",),
         description="noisy associative retrieval: N key-value pairs in noisy segments",
     )
     registry.add(

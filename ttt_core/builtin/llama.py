@@ -27,11 +27,7 @@ from torch import Tensor, nn
 
 from ttt_core.attention import allowed_keys, attend
 from ttt_core.builtin.configs import LlamaConfig
-
-
-class BackboneOutput(NamedTuple):
-    logits: Tensor  # [B, T, V]
-    hidden_states: tuple[Tensor, ...] | None  # input of layer 0, then each layer's output
+from ttt_core.interfaces import Backbone, BackboneOutput
 
 
 # ---------------------------------------------------------------------------------------------
@@ -52,9 +48,30 @@ def rope(positions: Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> 
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
-def _linear(x: Tensor, weight: Tensor) -> Tensor:
+class _WithDelta(NamedTuple):
+    """A per-cell weight `[C, out, in]` plus a per-example low-rank delta `up[b] @ down[b]`
+    (`down [B, r, in]`, `up [B, out, r]`), standing in for the weight in `_linear` (`WeightDeltas`).
+    Row slices (`w[:, a:b]`: q/k vs v, gate vs up) slice the delta's `up` alike."""
+
+    weight: Tensor
+    down: Tensor
+    up: Tensor
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.weight.shape
+
+    def __getitem__(self, index: tuple[slice, slice]) -> _WithDelta:
+        cells, rows = index
+        return _WithDelta(self.weight[cells, rows], self.down, self.up[:, rows])
+
+
+def _linear(x: Tensor, weight: Tensor | _WithDelta) -> Tensor:
     """x `[C, B, T, in]` times per-cell weight `[C, out, in]`. One cell (every plain forward) is a
     single matmul over `[B*T, in]`; several cells are one bmm."""
+    if isinstance(weight, _WithDelta):
+        low_rank = torch.einsum("cbtr,bor->cbto", torch.einsum("cbti,bri->cbtr", x, weight.down), weight.up)
+        return _linear(x, weight.weight) + low_rank
     c, b, t, d_in = x.shape
     if c == 1 and weight.shape[0] == 1:
         return F.linear(x, weight[0])
@@ -245,8 +262,12 @@ class LlamaBlock(nn.Module):
         return {name: p.unsqueeze(0) for name, p in self.named_parameters()}
 
 
-class Llama(nn.Module):
-    """Decoder-only LM over input embeddings: `embed(ids)`, `forward(embeds)`, `head(hidden)`."""
+class Llama(nn.Module, Backbone):
+    """Decoder-only LM over input embeddings: `embed(ids)`, `forward(embeds)`, `head(hidden)`.
+
+    Capabilities (`ttt_core.interfaces`): `PackedRows` (forward's `positions` and `segments`),
+    `LayerBlocks` (its blocks on stacked weights: `stacked_layer_params`, `layer_params`,
+    `project`, `block_forward_prefixed`) and `WeightDeltas` (`forward_with_deltas`)."""
 
     def __init__(self, config: LlamaConfig, vocab_size: int) -> None:
         super().__init__()
@@ -304,6 +325,49 @@ class Llama(nn.Module):
         prep = _prepare(x, mask, positions, self.config, segments)  # once for all layers
         for layer in self.layers:
             x = _block(layer.cell_params(), x, prep, self.config)
+            hidden.append(x[0])
+        return BackboneOutput(self.head(x[0]), tuple(hidden) if return_hidden else None)
+
+    @property
+    def norm_eps(self) -> float:
+        return self.config.norm_eps
+
+    def layer_params(self, layer: int) -> dict[str, Tensor]:
+        """Layer `layer`'s own parameters with a cell dim of 1, for the functional block."""
+        return self.layers[layer].cell_params()
+
+    def project(self, params: dict[str, Tensor], x: Tensor, offset: int) -> Projected:
+        """`project` with this model's block config."""
+        return project(params, x, offset, config=self.config)
+
+    def block_forward_prefixed(self, params: dict[str, Tensor], prefix: Tensor, suffix: Projected) -> Tensor:
+        """`block_forward_prefixed` with this model's block config."""
+        return block_forward_prefixed(params, prefix, suffix, config=self.config)
+
+    DELTA_WEIGHTS = ("wqkv", "wo", "w_gate_up", "w_down")
+
+    def delta_targets(self) -> dict[str, tuple[int, int]]:
+        """`WeightDeltas`: every block's linear weights, `"layers.{i}.{name}"` -> `(out, in)`."""
+        return {f"layers.{i}.{name}": tuple(getattr(layer, name).shape)
+                for i, layer in enumerate(self.layers) for name in self.DELTA_WEIGHTS}
+
+    def forward_with_deltas(
+        self, embeds: Tensor, mask: Tensor | None, deltas: dict[str, tuple[Tensor, Tensor]], return_hidden: bool = False
+    ) -> BackboneOutput:
+        """`forward` with each named linear weight W replaced, for example b, by W + up[b] @ down[b]
+        (`deltas[name] = (down [B, r, in], up [B, out, r])`; see `WeightDeltas`)."""
+        unknown = sorted(set(deltas) - set(self.delta_targets()))
+        if unknown:
+            raise KeyError(f"no linear weight {unknown}; the llama backbone's are layers.<i>.{{{', '.join(self.DELTA_WEIGHTS)}}}")
+        x, hidden = embeds.unsqueeze(0), [embeds]
+        mask = None if mask is None else mask.unsqueeze(0)
+        prep = _prepare(x, mask, None, self.config)
+        for i, layer in enumerate(self.layers):
+            params = layer.cell_params()
+            for name in self.DELTA_WEIGHTS:
+                if f"layers.{i}.{name}" in deltas:
+                    params[name] = _WithDelta(params[name], *deltas[f"layers.{i}.{name}"])
+            x = _block(params, x, prep, self.config)
             hidden.append(x[0])
         return BackboneOutput(self.head(x[0]), tuple(hidden) if return_hidden else None)
 

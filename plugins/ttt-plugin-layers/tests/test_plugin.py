@@ -49,6 +49,12 @@ def test_ttt_lm_backbone(registry, variant: str) -> None:
     alone = backbone(backbone.embed(ids[1:, :15])).logits
     assert (out.logits[1, :15] - alone[0]).abs().max() <= 1e-5
     assert torch.allclose(backbone.head(out.hidden_states[-1])[mask], out.logits[mask], atol=1e-6)
+    # the core's Backbone and BackboneOutput, and none of the optional capabilities (it declares none)
+    from ttt_core.interfaces import Backbone, BackboneOutput, missing_capability
+
+    assert isinstance(backbone, Backbone) and isinstance(out, BackboneOutput)
+    assert registry["backbone"].get("ttt_lm").provides == ()
+    assert missing_capability(backbone, "packed_rows") == "its forward() takes no positions, segments"
 
 
 @pytest.mark.parametrize("name", ["ttt_linear", "ttt_mlp"])

@@ -7,22 +7,15 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 from torch import Tensor, nn
 from ttt_core.episode import Segment
-from ttt_core.interfaces import Backbone, InnerLearner, State
+from ttt_core.interfaces import Backbone, BackboneOutput, InnerLearner, State
 
 from ttt_plugin_layers.config import TTTLMConfig, TTTMemoryConfig
 from ttt_plugin_layers.functional import layer_norm
 from ttt_plugin_layers.inner import INNER
 from ttt_plugin_layers.model import TTTModel
-
-
-class BackboneOutput(NamedTuple):
-    logits: Tensor  # [B, T, V]
-    hidden_states: tuple[Tensor, ...] | None  # input of block 0, then every block's output
 
 
 class TTTLMBackbone(nn.Module, Backbone):

@@ -28,7 +28,7 @@ def build_rmt4(config: RMT4Config, **_: Any) -> Any:
 @hookimpl
 def ttt_register_components(registry: Any) -> None:
     registry.add(
-        "recurrence", "rmt", config=RMTConfig, factory=build_rmt,
+        "recurrence", "rmt", config=RMTConfig, factory=build_rmt, slots=(),
         description="Recurrent Memory Transformer: memory read/written by the forward pass, truncated BPTT (no inner loop)",
     )
     registry.add(
@@ -37,5 +37,6 @@ def ttt_register_components(registry: Any) -> None:
     )
     registry.add(
         "recurrence", "prmt4", config=PRMT4Config, factory="ttt_plugin_rmt.prmt4:PRMT4",
+        slots=(), needs={"backbone": ("layer_blocks",)},
         description="layer-wise memory adapted by reconstruction (parallel RMT4), diagonal batching",
     )

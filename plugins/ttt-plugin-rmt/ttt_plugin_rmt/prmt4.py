@@ -25,13 +25,15 @@ shorter rows) are left out of the MSE.
 
 Cell (l, s) needs only (l-1, s) (its input) and (l, s-1) (its memory), so all cells on an
 anti-diagonal l + s = t are independent. The diagonal schedule runs each of them in one batched
-call (`block_forward` over stacked layer weights, segments right-padded to a common width, the inner
+call (the backbone's `LayerBlocks` over stacked layer weights, segments right-padded to a common width, the inner
 loop batched over cells too): L + S waves for L x (S + 1) cells. The sequential schedule runs the
 cells one by one with each layer's own weights; it is the reference the diagonal one must match.
 
-The recipe's [memory.learner] and [memory.writer] are not used (PRMT4 owns its per-layer memory);
-[inner] gives steps, rule, grad_mode / truncate, clip_value / clip_norm, outer_weight and the
-initial inner learning rate (learned per layer, and per step when learn_lr has a step axis).
+PRMT4 uses neither a memory learner nor a writer (it registers with `slots=()`: it owns its per-layer
+memory). Each batch of cells runs its inner steps through the core loop (`model.inner.run`): PRMT4
+supplies the loss and the state; [inner] gives steps, rule, grad_mode / truncate, clip_value /
+clip_norm, outer_weight and the initial inner learning rate (learned per layer, and per step when
+learn_lr has a step axis).
 """
 
 from __future__ import annotations
@@ -42,12 +44,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ttt_core.builtin.llama import Llama, block_forward_prefixed, project
 from ttt_core.config import InnerConfig
 from ttt_core.errors import TTTError
 from ttt_core.episode import Episode, answer_logits_inputs, gather_answer_logits
-from ttt_core.inner import LR_AXES, RULES, clip_per_example, per_example_norm, step_gradients
-from ttt_core.interfaces import Recurrence
+from ttt_core.inner import LR_AXES, InnerLoss, InnerStats, RateAxes, register_log_lr
+from ttt_core.interfaces import LayerBlocks, Recurrence, State, missing_capability
 from ttt_core.model import MetaModel, ReadOutput
 from ttt_plugin_rmt.prmt4_config import PRMT4Config
 
@@ -75,35 +76,16 @@ def _pad_time(x: Tensor, width: int) -> Tensor:
     return F.pad(x, (0, 0, 0, pad)) if x.dim() == 3 else F.pad(x, (0, pad), value=False)
 
 
-class _Stats:
-    """Inner-loop statistics summed over cells (per-cell batch means), averaged at the end."""
-
-    def __init__(self, steps: int) -> None:
-        self.loss = [0.0] * steps
-        self.grad_norm = [0.0] * steps
-        self.cells = 0
-        self.outer: list[Tensor] = []
-
-    def result(self, memory: list[Tensor]) -> dict[str, Tensor]:
-        stats: dict[str, Tensor] = {}
-        if self.cells and self.loss:
-            stats["inner_loss"] = torch.stack([torch.as_tensor(x) for x in self.loss]) / self.cells
-            stats["inner_grad_norm"] = torch.stack([torch.as_tensor(x) for x in self.grad_norm]) / self.cells
-        stats["memory_norm"] = per_example_norm([m.detach() for m in memory]).mean()
-        if self.outer:
-            stats["outer_term"] = torch.stack(self.outer).sum() / self.cells
-        return stats
-
-
 class PRMT4(nn.Module, Recurrence):
     """Per-layer memory adapted by reconstruction, cells run along diagonals (or one by one)."""
 
     def __init__(self, config: PRMT4Config, *, backbone: nn.Module, inner: InnerConfig, **context: object) -> None:
         super().__init__()
-        if not isinstance(backbone, Llama):
+        lacking = missing_capability(backbone, "layer_blocks")
+        if lacking is not None:
             raise TTTError(
-                f"recurrence 'prmt4' runs the llama backbone's blocks (block_forward, stacked_layer_params); "
-                f"got backbone {type(backbone).__name__}"
+                f"recurrence 'prmt4' runs the llama backbone's blocks (capability layer_blocks); backbone "
+                f"{type(backbone).__name__} lacks it: {lacking}"
             )
         if config.lm_inner_layers > backbone.n_layers:
             raise TTTError(
@@ -115,21 +97,22 @@ class PRMT4(nn.Module, Recurrence):
                 "not [inner] stability"
             )
         self.config = config
-        self.block_config = backbone.config
         layers, tokens, dim = backbone.n_layers, config.memory_tokens, backbone.dim
         self.memory = nn.Parameter(torch.randn(layers, tokens, dim) * config.init_std)
         self.global_tokens = nn.Parameter(torch.randn(layers, config.global_tokens, dim) * config.init_std)
         # per-layer (and per-step, if the recipe asks) inner learning rates, positive through exp
         steps = max(inner.steps, 1) if "step" in LR_AXES[inner.learn_lr] else 1
-        log_lr = torch.full((layers, steps), math.log(inner.lr))
-        if inner.learn_lr == "none":
-            self.register_buffer("log_lr", log_lr)
-        else:
-            self.log_lr = nn.Parameter(log_lr)
+        self.rate_axes = RateAxes({"layer": layers, "step": steps})
+        register_log_lr(self, inner, self.rate_axes)
         self.log_stability = nn.Parameter(torch.full((layers,), math.log(config.stability)))
         if config.token_lr:  # gate of each position's error; sigmoid(3) = 0.95 at init
             self.token_lr_weight = nn.Parameter(torch.zeros(layers, dim))
             self.token_lr_bias = nn.Parameter(torch.full((layers,), 3.0))
+
+    def memory_parameters(self) -> list[nn.Parameter]:
+        """The initial per-layer memory (the optimiser's "memory" group); the global tokens, rates and
+        weights are meta-parameters."""
+        return [self.memory]
 
     # --- one call: a group of cells (one wave, or a single cell) ---------------------------------
 
@@ -139,7 +122,7 @@ class PRMT4(nn.Module, Recurrence):
         if stacked is not None:
             return {name: w[layers.start : layers.stop] for name, w in stacked.items()}
         (layer,) = layers
-        return {name: w.unsqueeze(0) for name, w in model.backbone.layers[layer].named_parameters()}
+        return model.backbone.layer_params(layer)
 
     def _run_cells(
         self,
@@ -151,7 +134,7 @@ class PRMT4(nn.Module, Recurrence):
         ids: list[Tensor],
         memory: list[Tensor],
         query: int,
-        stats: _Stats,
+        stats: InnerStats,
     ) -> None:
         """Reference pass of every cell, then the inner loop of the context cells, in place on
         `hidden` (per segment: the latest layer's output) and `memory` (per layer: the latest)."""
@@ -162,11 +145,9 @@ class PRMT4(nn.Module, Recurrence):
         real = torch.stack([_pad_time(masks[s], width) for _, s in cells])  # [C, B, W]
         # no key mask: memory comes first and padding last, so under causal attention a real position
         # never sees a padded one (padded positions hold finite garbage that nothing real reads)
-        y = block_forward_prefixed(
-            params,
-            torch.stack([memory[l] for l, _ in cells]),
-            project(params, inputs, tokens, config=self.block_config),
-            config=self.block_config,
+        blocks: LayerBlocks = model.backbone
+        y = blocks.block_forward_prefixed(
+            params, torch.stack([memory[l] for l, _ in cells]), blocks.project(params, inputs, tokens)
         )
         for c, (_, s) in enumerate(cells):
             hidden[s] = y[c, :, : widths[c]]
@@ -198,7 +179,7 @@ class PRMT4(nn.Module, Recurrence):
         target: Tensor,
         real: Tensor,
         lm_ids: Tensor | None,
-        stats: _Stats,
+        stats: InnerStats,
     ) -> Tensor:
         """K inner steps for C cells at once: memory `[C, B, M, d]` reconstructing `target [C, B, W, d]`,
         the layers' outputs for `inputs [C, B, W, d]`; the last k cells also predict the next token of
@@ -206,7 +187,7 @@ class PRMT4(nn.Module, Recurrence):
 
         The state is a fresh stack of the previous memories, so its gradient excludes the path through
         the target (which was computed from the same previous memories)."""
-        config = model.inner.config
+        blocks: LayerBlocks = model.backbone
         cells, batch, width = real.shape
         anchor = torch.stack([memory[l] for l in layers])
         stand_in = self.global_tokens[layers.start : layers.stop, :width].unsqueeze(1)  # [C, 1, W, d]
@@ -215,7 +196,7 @@ class PRMT4(nn.Module, Recurrence):
             stand_in = stand_in + F.pad(before, (0, 0, 1, 0))[:, :, :width]
         # the stand-in's queries, keys and values are the same for every inner step (and, for the
         # global tokens alone, for every example)
-        glob = project(params, stand_in, self.config.memory_tokens, config=self.block_config)
+        glob = blocks.project(params, stand_in, self.config.memory_tokens)
         stability = self.log_stability[layers.start : layers.stop].exp().view(cells, 1)
         weights = real.to(target.dtype)
         count = weights.sum(-1).clamp_min(1.0)
@@ -223,54 +204,45 @@ class PRMT4(nn.Module, Recurrence):
         # inner learning rate does not depend on the hidden states' scale (~0.02 at init, grows later)
         scale = ((target.detach().pow(2).mean(-1) * weights).sum(-1) / count).clamp_min(1e-12)
         if self.config.token_lr:
-            normed = target * torch.rsqrt(target.pow(2).mean(-1, keepdim=True) + self.block_config.norm_eps)
+            normed = target * torch.rsqrt(target.pow(2).mean(-1, keepdim=True) + blocks.norm_eps)
             gate = torch.einsum("cbwd,cd->cbw", normed, self.token_lr_weight[layers.start : layers.stop])
             weights = weights * torch.sigmoid(gate + self.token_lr_bias[layers.start : layers.stop].view(cells, 1, 1))
         if lm_ids is not None:
             k = lm_ids.shape[0]
             lm_params = {name: p[-k:] for name, p in params.items()}
-            lm_inputs = project(lm_params, inputs[-k:], self.config.memory_tokens, config=self.block_config)
+            lm_inputs = blocks.project(lm_params, inputs[-k:], self.config.memory_tokens)
             pairs = real[-k:, :, 1:] & real[-k:, :, :-1]  # position i predicts the real token i + 1
             pair_count = pairs.sum(-1).clamp_min(1)
 
-        def inner_loss(state: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-            out = block_forward_prefixed(params, state, glob, config=self.block_config)
+        def with_next_token_loss(memory: Tensor, loss: Tensor) -> Tensor:
+            """`loss` plus the next-token term of the top k cells (after the stability term)."""
+            out_lm = blocks.block_forward_prefixed(lm_params, memory[-k:], lm_inputs)
+            nll = F.cross_entropy(
+                blocks.head(out_lm[:, :, :-1]).flatten(0, 1).transpose(1, 2),
+                lm_ids[:, :, 1:].flatten(0, 1), reduction="none",
+            ).view_as(pairs)
+            lm = (nll * pairs).sum(-1) / pair_count  # [k, B]
+            return torch.cat([loss[:-k], loss[-k:] + self.config.lm_inner_weight * lm])
+
+        def inner_loss(state: State) -> InnerLoss:
+            out = blocks.block_forward_prefixed(params, state["memory"], glob)
             error = ((out - target).pow(2).mean(-1) * weights).sum(-1)
             mse = error / (count * scale)  # [C, B]: MSE / mean square of target
-            loss = mse + stability * (state - anchor).pow(2).sum((-2, -1))
-            if lm_ids is not None:
-                out_lm = block_forward_prefixed(lm_params, state[-k:], lm_inputs, config=self.block_config)
-                nll = F.cross_entropy(
-                    model.backbone.head(out_lm[:, :, :-1]).flatten(0, 1).transpose(1, 2),
-                    lm_ids[:, :, 1:].flatten(0, 1), reduction="none",
-                ).view_as(pairs)
-                lm = (nll * pairs).sum(-1) / pair_count  # [k, B]
-                loss = torch.cat([loss[:-k], loss[-k:] + self.config.lm_inner_weight * lm])
-            return loss.sum(), (loss, mse)
+            if lm_ids is None:
+                return InnerLoss(mse)
+            return InnerLoss(mse, lambda loss: with_next_token_loss(state["memory"], loss))
 
-        rule = RULES[config.rule]
-        state, buffers = anchor, {}
-        for step in range(config.steps):
-            create_graph = model.inner.create_graph(step)
-            grads, (loss, mse) = step_gradients(
-                lambda s: inner_loss(s["memory"]), {"memory": state}, functional=model.inner.functional,
-                create_graph=create_graph, retain_graph=create_graph or bool(config.outer_weight),
-            )
-            grad = grads["memory"]
-            if config.outer_weight:
-                stats.outer.append(mse.mean(1).sum())
-            if not create_graph:
-                grad = grad.detach()
-            grad = clip_per_example([grad.flatten(0, 1)], config)[0].view_as(grad)
-            lr = self.log_lr[layers.start : layers.stop, min(step, self.log_lr.shape[1] - 1)].exp()
-            previous = state
-            state, buffers = rule(state, grad, lr.view(cells, 1, 1, 1), buffers, step, config)
-            if self.config.keep_memory_norm:  # the forward is blind to the scale: only the direction moves
-                state = state * (previous.norm(dim=-1, keepdim=True) / state.norm(dim=-1, keepdim=True).clamp_min(1e-12))
-            stats.loss[step] += loss.detach().mean(1).sum()
-            stats.grad_norm[step] += per_example_norm([grad.detach().flatten(0, 1)]).view(cells, batch).mean(1).sum()
-        stats.cells += cells
-        return state
+        def rate(step: int, key: str) -> Tensor:
+            return self.log_lr[self.rate_axes.index(layer=slice(layers.start, layers.stop), step=step)].exp().view(cells, 1, 1, 1)
+
+        def keep_norm(state: Tensor, previous: Tensor) -> Tensor:  # the forward is blind to the scale
+            return state * (previous.norm(dim=-1, keepdim=True) / state.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+
+        adapted = model.inner.run(
+            inner_loss, {"memory": anchor}, rate, stats, anchor=stability, lead=2,
+            after_update=keep_norm if self.config.keep_memory_norm else None,
+        )
+        return adapted["memory"]
 
     # --- the whole grid --------------------------------------------------------------------------
 
@@ -292,9 +264,9 @@ class PRMT4(nn.Module, Recurrence):
         diagonal = self.config.schedule == "diagonal"
         groups = (diagonal_waves if diagonal else sequential_cells)(layers, len(ids))
         stacked = backbone.stacked_layer_params() if diagonal else None
-        stats = _Stats(model.inner.config.steps)
+        stats = InnerStats(model.inner.config.steps)
         for cells in groups:
             params = self._layer_params(model, range(cells[0][0], cells[-1][0] + 1), stacked)
             self._run_cells(model, cells, params, hidden, masks, ids, memory, query, stats)
         logits = backbone.head(hidden[query])
-        return ReadOutput(logits=gather_answer_logits(logits, positions), stats=stats.result(memory))
+        return ReadOutput(logits=gather_answer_logits(logits, positions), stats=stats.result(memory, outer="sum_over_steps"))

@@ -3,9 +3,9 @@
 Each context segment is read as ``[memory; segment; memory]``: the first M positions let the
 segment read the memory, the last M positions (after the segment's real tokens, before its padding)
 write it: the last block's outputs there become the memory of the next segment. The query is read as
-``[memory; query; answer]``. There is no inner loop: the recipe's memory learner, writer and
-``[inner]`` table are not used (the model keeps them, untrained), and the initial memory is this
-module's own parameter (in the optimiser's "meta" group).
+``[memory; query; answer]``. There is no inner loop: rmt uses neither a memory learner nor a writer
+(it registers with ``slots=()``) nor the ``[inner]`` table, and the initial memory is this module's
+own parameter (in the optimiser's "memory" group).
 
 Truncated BPTT (``k2``) really cuts the graph: the memory entering segment s (the query segment is
 the last of S) is detached when ``s < S - k2``.
@@ -28,6 +28,9 @@ class RMT(nn.Module, Recurrence):
         super().__init__()
         self.config = config
         self.memory = nn.Parameter(torch.randn(config.memory_tokens, backbone.dim) * config.init_std)
+
+    def memory_parameters(self) -> list[nn.Parameter]:
+        return [self.memory]
 
     def initial_memory(self, batch_size: int) -> Tensor:
         return self.memory.unsqueeze(0).expand(batch_size, -1, -1)
