@@ -204,7 +204,7 @@ def build_recipe(
     deepspeed, deepspeed_source, deepspeed_problems = _deepspeed_table(data, tables["distributed"])
     problems.extend(("deepspeed", p) for p in deepspeed_problems)
     if deepspeed is not None and tables["train"] is not None and "optimizer" in components:
-        import ttt_core.deepspeed_config as deepspeed_config
+        from ttt_core.distributed import config as deepspeed_config
 
         clip_norm = getattr(components["optimizer"].config, "clip_norm", None)
         for problem in deepspeed_config.check(deepspeed, tables["train"].batch_size, clip_norm):
