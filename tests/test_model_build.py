@@ -99,12 +99,11 @@ def test_a_learner_without_state_leaves_no_inner_parameters_and_old_checkpoints_
 
 
 def prmt4_recipe():
-    """The tiny prmt4 recipe as validation leaves it: no learner or writer in its components."""
+    """The tiny prmt4 recipe: validation leaves its unused learner and writer slots out."""
     pytest.importorskip("ttt_plugin_rmt")
-    recipe = load_recipe(TINY, ['recurrence.name="prmt4"', "recurrence.global_tokens=23",
-                                'task.dataset="N2-K4V4-S2_8-12_1M"'])
-    components = {slot: spec for slot, spec in recipe.components.items() if not slot.startswith("memory.")}
-    return attrs.evolve(recipe, components=components)
+    recipe = load_recipe(TINY.parent / "prmt4_tiny.toml")
+    assert not any(slot.startswith("memory.") for slot in recipe.components)
+    return recipe
 
 
 def test_the_builder_fills_unused_slots() -> None:

@@ -84,7 +84,7 @@ class TrainConfig:
     backward. Single process only; the first steps compile (minutes on CPU)."""
     precision: str = attrs.field(default="fp32", validator=one_of("fp32", "bf16"))
     """"bf16": forward, inner loop and evaluation under `torch.autocast(bfloat16)`, so matmuls and
-    attention run in bfloat16 (2-2.5x faster GEMMs on a CPU with AVX512-BF16 or AMX, and on GPUs);
+    attention run in bfloat16 (faster GEMMs on a CPU with AVX512-BF16 or AMX, and on GPUs);
     parameters, optimizer state, inner fast weights and losses stay float32."""
 
 

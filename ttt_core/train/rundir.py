@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ttt_core.errors import TTTError
+from ttt_core.kinds import OPTIONAL_SLOTS
 from ttt_core.recipe import Recipe, dumps_toml, load_recipe, tomllib
 from ttt_core.train.checkpoint import describe_os_error, has_checkpoint, write_text_atomic
 
@@ -85,6 +86,14 @@ def check_run_dir(recipe: Recipe, run_dir: Path) -> None:
         old = tomllib.loads(stored.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise TTTError(f"{stored}: unreadable ({exc}); use another --out") from None
+    for slot in OPTIONAL_SLOTS:  # a table that runs stored for a slot their recurrence never used
+        if slot not in recipe.components:
+            *parents, last = slot.split(".")
+            table = old
+            for key in parents:
+                table = table.get(key, {}) if isinstance(table, dict) else {}
+            if isinstance(table, dict):
+                table.pop(last, None)
     diff = recipe_differences(old, tomllib.loads(dumps_toml(recipe.resolved())))  # same TOML types
     if diff:
         raise TTTError(
@@ -112,7 +121,8 @@ def resolve_run(recipe_or_dir: str, out: str | None, overrides: list[str]) -> tu
         stored = path / "recipe.toml"
         if not stored.exists():
             raise TTTError(f"{path}: not a run directory (no recipe.toml)")
-        return load_recipe(stored, overrides), Path(out) if out else path
+        # drop_unused_slots: directories of earlier versions stored a learner that rmt and prmt4 never used
+        return load_recipe(stored, overrides, drop_unused_slots=True), Path(out) if out else path
     recipe = load_recipe(path, overrides)
     return recipe, Path(out) if out else Path("runs") / path.stem
 

@@ -76,5 +76,5 @@ def test_tiny_recipe_trains(host, tmp_path, name: str) -> None:
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if r["split"] == "train"]
     assert len(losses) == 20
-    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.2  # measured: 4.17 -> 3.84 for both
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.2  # the loss falls over 20 steps for both
     assert 0.0 <= report["test"]["exact_match"] <= 1.0

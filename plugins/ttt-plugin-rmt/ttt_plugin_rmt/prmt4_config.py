@@ -33,9 +33,8 @@ class PRMT4Config:
     """Rescale every memory token to its norm before each inner step. A layer sees its memory only
     through RMSNorm, so a token's scale carries nothing, but each write grows it (the gradient is
     orthogonal to the token and scales as 1 / its norm), which leaves every later segment's write
-    weaker than the first: measured on an N2 model (bench/prmt4_memory_steps.py), segment 0 moved
-    layer 0's memory tokens by 2.07x their norm, segment 1 by 0.26x. Keeping the norm gives every
-    segment the same step size (on N2 it did not raise accuracy: PRMT4.md)."""
+    weaker than the first (`bench/prmt4_memory_steps.py` measures it on a run). Keeping the norm
+    gives every segment the same step size (results: PRMT4.md)."""
     lm_inner_weight: float = attrs.field(default=0.0, validator=non_negative)
     """Add this weight times the segment's next-token loss to the top layer's inner loss (the head on
     `layer([m; h])`, the real segment, not the stand-in). The reconstruction write is keyed by
