@@ -78,3 +78,19 @@ def test_tiny_recipe_trains(host, tmp_path, name: str) -> None:
     assert len(losses) == 20
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.2  # the loss falls over 20 steps for both
     assert 0.0 <= report["test"]["exact_match"] <= 1.0
+
+
+@needs_recipes
+def test_a_run_directory_that_stored_an_unused_learner_resumes_and_evaluates(tmp_path, capsys) -> None:
+    """Run directories of earlier versions stored the unused `[memory.learner]` of rmt and prmt4
+    recipes: `ttt eval` and resuming them must not refuse it."""
+    from ttt_core.cli import main
+
+    run = tmp_path / "run"
+    small = ["--set", "eval.samples=8", "--set", "eval.val_samples=8", "--quiet"]
+    assert main(["run", str(RECIPES / "tiny" / "prmt4_tiny.toml"), "--out", str(run), "--set", "train.steps=1", *small]) == 0
+    stored = run / "recipe.toml"
+    stored.write_text(stored.read_text() + '\n[memory.learner]\nname = "memory_tokens"\ntokens = 8\n')
+    assert main(["eval", str(run)]) == 0
+    assert main(["run", str(run), "--set", "train.steps=2", *small]) == 0
+    assert "Traceback" not in capsys.readouterr().err
