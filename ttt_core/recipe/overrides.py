@@ -28,6 +28,20 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), parsed
 
 
+MISSING = object()
+"""What `get_path` gives for a dotted key the data does not have."""
+
+
+def get_path(data: dict[str, Any], keys: list[str], default: Any = MISSING) -> Any:
+    """`data[k1][k2]...`, or `default` where a key is missing or a value on the way is not a table."""
+    node: Any = data
+    for key in keys:
+        if not isinstance(node, dict) or key not in node:
+            return default
+        node = node[key]
+    return node
+
+
 def set_path(data: dict[str, Any], keys: list[str], value: Any) -> None:
     """Set `data[k1][k2]... = value`, making tables on the way; a slot whose `name` changes is emptied."""
     node = data

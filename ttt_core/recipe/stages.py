@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 
 from ttt_core.errors import RecipeError, did_you_mean
-from ttt_core.recipe.overrides import set_path
+from ttt_core.recipe.overrides import get_path, set_path
 from ttt_core.recipe.schema import CURRICULUM_KEYS, STAGE_KEYS, Recipe, Stage
 from ttt_core.recipe.structure import describe
 
@@ -84,14 +84,6 @@ def without_no_ops(overrides: dict[str, Any], data: dict[str, Any]) -> dict[str,
     recipe's value): the stage is the same, and its stored `set` is what a stage without carrying
     would write. Kept: tables, `name` keys and keys that overlap another key, whose order matters."""
 
-    def recipe_value(key: str) -> Any:
-        node: Any = data
-        for part in key.split("."):
-            if not isinstance(node, dict) or part not in node:
-                return _MISSING
-            node = node[part]
-        return node
-
     def overlaps(key: str) -> bool:
         return any(other != key and (other.startswith(key + ".") or key.startswith(other + "."))
                    for other in overrides)
@@ -101,15 +93,12 @@ def without_no_ops(overrides: dict[str, Any], data: dict[str, Any]) -> dict[str,
 
     out = {}
     for key, value in overrides.items():
-        same = recipe_value(key)
+        same = get_path(data, key.split("."))
         no_op = (not isinstance(value, dict) and not key.endswith("name") and type(same) is type(value)
                  and same == value and not overlaps(key) and not table_renamed(key))
         if not no_op:
             out[key] = value
     return out
-
-
-_MISSING = object()
 
 
 def _curriculum_options(raw: Any) -> tuple[bool, list[str]]:

@@ -16,7 +16,7 @@ from typing import Any
 from ttt_core.config import DistributedConfig
 from ttt_core.errors import RecipeError, RegistryError, did_you_mean
 from ttt_core.kinds import BY_SLOT, OPTIONAL_SLOTS
-from ttt_core.recipe.overrides import apply_overrides
+from ttt_core.recipe.overrides import apply_overrides, get_path
 from ttt_core.recipe.reading import display, load_raw
 from ttt_core.recipe.schema import DEFAULT_SLOTS, SLOTS, TABLES, TOP_LEVEL_KEYS, ComponentSpec, Recipe
 from ttt_core.recipe.stages import build_staged
@@ -49,15 +49,6 @@ def _check_requires(requires: Any) -> tuple[tuple[str, ...], Problems]:
     return tuple(requires), problems
 
 
-def _slot_data(data: dict[str, Any], slot: str) -> Any:
-    node: Any = data
-    for key in slot.split("."):
-        if not isinstance(node, dict) or key not in node:
-            return None
-        node = node[key]
-    return node
-
-
 def _slot_label(slot: str) -> str:
     """`memory.learner` -> 'memory learner': how messages name the component in a slot."""
     return slot.replace(".", " ")
@@ -69,7 +60,7 @@ def _article(label: str) -> str:
 
 def _recurrence(data: dict[str, Any], registry: Registry, broken: dict[str, str] | None) -> Component | None:
     """The recurrence the recipe names (None if it is unknown: that is reported with its slot)."""
-    table = _slot_data(data, "recurrence")
+    table = get_path(data, ["recurrence"], None)
     name = table.get("name", DEFAULT_SLOTS.get("recurrence")) if isinstance(table, dict) else DEFAULT_SLOTS.get("recurrence")
     if not isinstance(name, str):
         return None
@@ -89,7 +80,7 @@ def _components(
     unused = {slot for slot in OPTIONAL_SLOTS if uses is not None and slot not in uses}
     components: dict[str, ComponentSpec] = {}
     for slot, kind in SLOTS.items():
-        table = _slot_data(data, slot)
+        table = get_path(data, slot.split("."), None)
         if slot in unused:
             if table is not None and not drop_unused_slots:
                 assert recurrence is not None
