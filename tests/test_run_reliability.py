@@ -13,7 +13,7 @@ from ttt_core.cli import main
 from ttt_core.errors import TTTError
 from ttt_core.recipe import load_recipe
 from ttt_core.train.checkpoint import load_checkpoint
-from ttt_core.train.rundir import write_report
+from ttt_core.train.rundir import resolve_run, write_report
 from ttt_core.train.trainer import Trainer
 
 ROOT = Path(__file__).parents[1]
@@ -120,6 +120,28 @@ def test_a_directory_holding_only_a_recipe_is_taken_over(tmp_path):
     Trainer(load_recipe(TINY, ["train.steps=1", *QUICK]), run_dir, quiet=True).prepare_run_dir()
     Trainer(load_recipe(TINY, ["train.steps=1", "backbone.layers=1", *QUICK]), run_dir, quiet=True).run()
     assert "layers = 1" in (run_dir / "recipe.toml").read_text()
+
+
+def test_a_run_stopped_inside_its_first_step_is_taken_over(tmp_path):
+    """Getting ready to train (the resume check) leaves an empty metrics log: still no results."""
+    run_dir = tmp_path / "run"
+    first = Trainer(load_recipe(TINY, ["train.steps=1", *QUICK]), run_dir, quiet=True)
+    first.prepare_run_dir()
+    first.resume()
+    Trainer(load_recipe(TINY, ["train.steps=1", "backbone.layers=1", *QUICK]), run_dir, quiet=True).run()
+    assert "layers = 1" in (run_dir / "recipe.toml").read_text()
+
+
+def test_a_relative_init_from_given_by_set_survives_a_resume(tmp_path, monkeypatch):
+    """`--set train.init_from=runs/a` is relative to the working directory; the run directory stores it,
+    and resuming that directory must still find runs/a, not RUN/runs/a."""
+    monkeypatch.chdir(tmp_path)
+    Trainer(load_recipe(TINY, ["train.steps=1", *QUICK]), Path("runs/a"), quiet=True).run()
+    recipe = load_recipe(TINY, ["train.steps=1", "train.init_from='runs/a'", *QUICK])
+    Trainer(recipe, Path("runs/b"), quiet=True).prepare_run_dir()  # stopped before its first checkpoint
+    resumed, run_dir = resolve_run("runs/b", None, [])
+    assert Path(resumed.train.init_from) == tmp_path / "runs" / "a"
+    Trainer(resumed, run_dir, quiet=True).run()
 
 
 def test_a_save_on_a_full_disk_fails_in_one_line_and_leaves_no_temporary_file(tmp_path, monkeypatch):

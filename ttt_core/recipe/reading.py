@@ -84,8 +84,22 @@ def _resolve_file_paths(data: dict[str, Any], directory: Path) -> None:
                 overrides[f"{table}.{option}"] = resolve(overrides[f"{table}.{option}"])
 
 
-def load_raw(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """The recipe's TOML with every `extends` resolved (bases first, this file on top)."""
+def absolute_file_paths(data: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """Make the FILE_PATHS among `overrides` (dotted key -> value, as `--set` gave them) absolute,
+    against the working directory: a run directory stores the recipe, and a relative path there
+    would later be read against the run directory."""
+    for table, option in FILE_PATHS:
+        value = overrides.get(f"{table}.{option}")
+        if isinstance(value, str) and value and isinstance(data.get(table), dict):
+            data[table][option] = os.path.abspath(value)
+
+
+def load_raw(path: str | Path, _chain: tuple[Path, ...] = (), relative_to_file: bool = True) -> dict[str, Any]:
+    """The recipe's TOML with every `extends` resolved (bases first, this file on top).
+
+    `relative_to_file`: resolve FILE_PATHS against the file's directory; off for a recipe a run
+    directory stored, whose paths were resolved when it was written (or, by earlier versions, left
+    relative to the working directory)."""
     path = Path(path)
     resolved = path.resolve()
     shown = display(resolved) if _chain else str(path)
@@ -93,7 +107,8 @@ def load_raw(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
         cycle = " -> ".join(display(p) for p in (*_chain, resolved))
         raise RecipeError(f"{display(_chain[0])}: extends cycle: {cycle}")
     data = read_toml(resolved, shown)
-    _resolve_file_paths(data, resolved.parent)
+    if relative_to_file:
+        _resolve_file_paths(data, resolved.parent)
     extends = data.pop("extends", [])
     if isinstance(extends, str):
         extends = [extends]

@@ -16,8 +16,8 @@ from typing import Any
 from ttt_core.config import DistributedConfig
 from ttt_core.errors import RecipeError, RegistryError, did_you_mean
 from ttt_core.kinds import BY_SLOT, OPTIONAL_SLOTS
-from ttt_core.recipe.overrides import apply_overrides, get_path
-from ttt_core.recipe.reading import display, load_raw
+from ttt_core.recipe.overrides import apply_overrides, get_path, parse_override
+from ttt_core.recipe.reading import absolute_file_paths, display, load_raw
 from ttt_core.recipe.schema import DEFAULT_SLOTS, SLOTS, TABLES, TOP_LEVEL_KEYS, ComponentSpec, Recipe
 from ttt_core.recipe.stages import build_staged
 from ttt_core.recipe.structure import describe, structure_options
@@ -241,14 +241,19 @@ def load_recipe(
     overrides: Iterable[str] = (),
     registry: Registry | None = None,
     broken: dict[str, str] | None = None,
-    drop_unused_slots: bool = False,
+    stored: bool = False,
 ) -> Recipe:
-    """Read, merge, override and validate a recipe file against the (default) registry (see
-    `build_recipe` for `drop_unused_slots`)."""
+    """Read, merge, override and validate a recipe file against the (default) registry.
+
+    `stored`: the `recipe.toml` of a run directory: its paths are taken as stored (not against the
+    run directory), and a table for a slot its recurrence does not use is left out rather than
+    refused (earlier versions stored the learner rmt and prmt4 never used)."""
     if registry is None:
         from ttt_core.plugins import default_host
 
         host = default_host()
         registry, broken = host.registry, host.broken()
-    data = apply_overrides(load_raw(path), overrides)
-    return build_recipe(data, str(path), registry, broken, drop_unused_slots)
+    overrides = list(overrides)
+    data = apply_overrides(load_raw(path, relative_to_file=not stored), overrides)
+    absolute_file_paths(data, {".".join(keys): value for keys, value in map(parse_override, overrides)})
+    return build_recipe(data, str(path), registry, broken, drop_unused_slots=stored)

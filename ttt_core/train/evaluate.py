@@ -32,10 +32,10 @@ def load_run(run_dir: str | Path, checkpoint: str | None = None, overrides: Sequ
     run = Path(run_dir)
     if not (run / "recipe.toml").exists():
         raise TTTError(f"{run}: not a run directory (no recipe.toml)")
-    recipe = load_recipe(run / "recipe.toml", overrides, drop_unused_slots=True)
+    recipe = load_recipe(run / "recipe.toml", overrides, stored=True)
     if recipe.stages:  # a curriculum: its last stage's model
         run = stage_dir(run, recipe.stages[-1])
-        recipe = load_recipe(run / "recipe.toml", overrides, drop_unused_slots=True)
+        recipe = load_recipe(run / "recipe.toml", overrides, stored=True)
     device = pick_device(recipe.train.device)
     path, state = load_model_state(Path(checkpoint) if checkpoint else run)
     built = build(recipe, device)

@@ -21,6 +21,7 @@ import torch
 from ttt_core.errors import TTTError
 from ttt_core.kinds import OPTIONAL_SLOTS
 from ttt_core.recipe import Recipe, dumps_toml, load_recipe, tomllib
+from ttt_core.recipe.overrides import get_path
 from ttt_core.train.checkpoint import describe_os_error, has_checkpoint, write_text_atomic
 
 # Options that may change when a run is resumed: they do not change what has been computed so far.
@@ -61,7 +62,7 @@ def holds_results(run_dir: Path) -> bool:
     run_dir = Path(run_dir)
     return (
         has_checkpoint(run_dir)
-        or any((run_dir / name).exists() for name in RESULTS)
+        or any((run_dir / name).exists() and (run_dir / name).stat().st_size > 0 for name in RESULTS)
         or any(run_dir.glob("stage-*"))
     )
 
@@ -89,16 +90,14 @@ def check_run_dir(recipe: Recipe, run_dir: Path) -> None:
     for slot in OPTIONAL_SLOTS:  # a table that runs stored for a slot their recurrence never used
         if slot not in recipe.components:
             *parents, last = slot.split(".")
-            table = old
-            for key in parents:
-                table = table.get(key, {}) if isinstance(table, dict) else {}
+            table = get_path(old, parents, None)
             if isinstance(table, dict):
                 table.pop(last, None)
     diff = recipe_differences(old, tomllib.loads(dumps_toml(recipe.resolved())))  # same TOML types
     if diff:
         raise TTTError(
             f"{run_dir}: this run directory was made by another recipe (differs in: "
-            f"{', '.join(diff)}); use another --out or resume it as it is"
+            f"{', '.join(diff)}); use another --out or resume it as it is: ttt run {run_dir}"
         )
 
 
@@ -121,8 +120,7 @@ def resolve_run(recipe_or_dir: str, out: str | None, overrides: list[str]) -> tu
         stored = path / "recipe.toml"
         if not stored.exists():
             raise TTTError(f"{path}: not a run directory (no recipe.toml)")
-        # drop_unused_slots: directories of earlier versions stored a learner that rmt and prmt4 never used
-        return load_recipe(stored, overrides, drop_unused_slots=True), Path(out) if out else path
+        return load_recipe(stored, overrides, stored=True), Path(out) if out else path
     recipe = load_recipe(path, overrides)
     return recipe, Path(out) if out else Path("runs") / path.stem
 
