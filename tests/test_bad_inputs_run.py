@@ -96,6 +96,13 @@ def corrupt_metrics_line(s: Setup) -> Path:
 
 
 CASES = [
+    # --- held-out sets smaller than asked for ---
+    ("run: eval.samples beyond the test set",
+     lambda s: ["run", TINY, "--out", str(s.tmp / "r"), "--quiet", *sets("eval.samples=1000000000")],
+     "[eval] samples = 1000000000, but the task's test set has"),
+    ("eval: eval.val_samples beyond the validation set",
+     lambda s: ["eval", str(s.run), "--split", "val", *sets("eval.val_samples=1000000000")],
+     "[eval] val_samples = 1000000000, but the task's val set has"),
     # --- devices ---
     ("run: device = 'cuda' without CUDA",
      lambda s: ["run", TINY, "--out", str(s.tmp / "r"), "--quiet", *sets("train.device='cuda'")],

@@ -269,3 +269,12 @@ def test_report_json_is_strict_json_even_with_a_nan_metric(tmp_path):
     write_report(tmp_path, report, recipe)
     assert strict_json((tmp_path / "report.json").read_text())["test"] == {"loss": None, "exact_match": None, "samples": 8}
     assert "| n/a | n/a |" in (tmp_path / "report.md").read_text()
+
+
+def test_eval_takes_a_checkpoint_that_records_no_step(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    Trainer(load_recipe(TINY, ["train.steps=1", *QUICK]), run_dir, quiet=True).run()
+    weights = tmp_path / "weights.pt"
+    torch.save({"model": load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]}, weights)
+    assert main(["eval", str(run_dir), "--checkpoint", str(weights)]) == 0
+    assert '"step": null' in capsys.readouterr().out

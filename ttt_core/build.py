@@ -18,7 +18,7 @@ import attrs
 import torch
 
 from ttt_core.errors import TTTError
-from ttt_core.interfaces import CAPABILITIES, missing_capability
+from ttt_core.interfaces import CAPABILITIES, IndexedTask, missing_capability
 from ttt_core.kinds import BY_SLOT
 from ttt_core.model import MetaModel
 from ttt_core.recipe import ComponentSpec, Recipe
@@ -115,9 +115,21 @@ def build_model(recipe: Recipe, task, registry: Registry | None = None) -> MetaM
     return MetaModel(backbone, learner, writer, recurrence, recipe.inner)
 
 
+def check_eval_sizes(recipe: Recipe, task: object) -> None:
+    """`[eval]` asks for no more held-out samples than the task has: said before training, not at the
+    first evaluation (or the final test) of a finished run."""
+    if not isinstance(task, IndexedTask):
+        return
+    for split, option in (("val", "val_samples"), ("test", "samples")):
+        asked, size = getattr(recipe.eval, option), task.split_size(split)
+        if size is not None and asked > size:
+            raise TTTError(f"{recipe.source}: [eval] {option} = {asked}, but the task's {split} set has {size} samples")
+
+
 def build(recipe: Recipe, device: torch.device | str = "cpu") -> Built:
     torch.manual_seed(recipe.train.seed)
     task = build_task(recipe)
+    check_eval_sizes(recipe, task)
     model = build_model(recipe, task)
     with _allocating(f"the model on {device}"):
         model = model.to(device)

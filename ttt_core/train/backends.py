@@ -130,7 +130,11 @@ class LocalStep(ABC):
             c.optimizer.load_state_dict(state["optimizer"])
             torch.set_rng_state(state["torch_rng"])
         except (ValueError, KeyError, RuntimeError, TypeError) as exc:
-            raise TTTError(f"{path}: its optimizer state does not fit this recipe's optimizer: {first_line(exc)}") from None
+            raise TTTError(
+                f"{path}: its optimizer state does not fit this recipe's optimizer ({first_line(exc)}; a checkpoint "
+                f"of an earlier version groups parameters differently); continue from its weights with a fresh "
+                f"optimizer: ttt run {c.recipe.source} --out NEW_DIR --set \"train.init_from='{c.run_dir}'\""
+            ) from None
         return Progress(state["step"], state["bad_steps"], state["elapsed"])
 
     def evaluate(self, split: str, samples: int) -> dict[str, float]:

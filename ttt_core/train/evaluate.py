@@ -40,7 +40,7 @@ def load_run(run_dir: str | Path, checkpoint: str | None = None, overrides: Sequ
     path, state = load_model_state(Path(checkpoint) if checkpoint else run)
     built = build(recipe, device)
     load_weights(built.model, state, path, "the checkpoint")
-    return LoadedRun(recipe, built, device, path, state["step"])
+    return LoadedRun(recipe, built, device, path, state.get("step"))
 
 
 def eval_command(run_dir: str, split: str = "test", checkpoint: str | None = None, overrides: list[str] = ()) -> int:
