@@ -165,12 +165,16 @@ def test_keyboard_interrupt_in_a_plugin_is_not_swallowed(make_dist):
 def test_hook_without_hookimpl_is_reported(make_dist):
     source = GOOD.replace("@hookimpl\n", "")
     make_dist("ttt-unmarked", {"unmarked": "unmarked_plugin"}, {"unmarked_plugin": source})
-    make_dist("ttt-helper", {"helper": "helper_plugin"}, {"helper_plugin": GOOD + "\ndef ttt_helper():\n    pass\n"})
+    misspelled = GOOD.replace("def ttt_register_components", "def ttt_register_component").replace("@hookimpl\n", "")
+    make_dist("ttt-misspelled", {"misspelled": "misspelled_plugin"}, {"misspelled_plugin": misspelled})
+    make_dist("ttt-helper", {"helper": "helper_plugin"},
+              {"helper_plugin": GOOD.replace("goodwriter", "helperwriter") + "\ndef ttt_helper():\n    pass\n"})
     host = create_host()
     error = plugin(host, "unmarked").error
     assert error.startswith("ttt_register_components: not marked as a hook; decorate it with @hookimpl")
-    assert plugin(host, "helper").error.startswith("ttt_helper: not marked as a hook")
-    assert "goodwriter" not in host.registry["memory_writer"]
+    assert plugin(host, "misspelled").error.startswith("ttt_register_component: not marked as a hook")
+    assert plugin(host, "helper").error is None  # a helper named ttt_* is not a hook
+    assert "goodwriter" not in host.registry["memory_writer"] and "helperwriter" in host.registry["memory_writer"]
 
 
 def test_disabled_plugin_says_how_to_enable_it(make_dist, write, monkeypatch):

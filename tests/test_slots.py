@@ -6,7 +6,7 @@ from __future__ import annotations
 import attrs
 import pytest
 
-from ttt_core.errors import RecipeError
+from ttt_core.errors import RecipeError, RegistryError
 from ttt_core.recipe import build_recipe, dumps_toml, tomllib
 from ttt_core.registry import Provider, ProviderRegistry, Registry
 
@@ -99,7 +99,9 @@ def test_needs_that_depend_on_the_config():
 def test_needs_of_an_unknown_slot_and_a_failing_needs_function():
     reg = registry()
     add = ProviderRegistry(registry=reg, provider=Provider("test", "ttt-test", "0")).add
-    add("memory_writer", "typo", config=Empty, factory="json:dumps", needs={"backbon": ("x",)})
+    with pytest.raises(RegistryError, match=r"needs: unknown slot 'backbon' \(did you mean 'backbone'\?\)"):
+        add("memory_writer", "typo", config=Empty, factory="json:dumps", needs={"backbon": ("packed_rows",)})
+    add("memory_writer", "typo", config=Empty, factory="json:dumps", needs=lambda config: {"backbon": ("x",)})
     add("memory_writer", "crash", config=Empty, factory="json:dumps", needs=lambda config: 1 / 0)
     with pytest.raises(RecipeError) as info:
         build_recipe(recipe_data('[memory.learner]\nname = "none"\n[memory.writer]\nname = "typo"\n'), "x.toml", reg)
@@ -111,3 +113,17 @@ def test_needs_of_an_unknown_slot_and_a_failing_needs_function():
     assert info.value.lines == [
         "x.toml: [memory.writer] crash: cannot tell what it needs of other slots: ZeroDivisionError: division by zero"
     ]
+
+
+@pytest.mark.parametrize(("declaration", "message"), [
+    ({"kind": "recurrence", "slots": ("memory.lerner",)}, "slots: 'memory.lerner' is not an optional slot (did you mean 'memory.learner'?)"),
+    ({"kind": "memory_writer", "slots": ()}, "only a recurrence declares the slots it uses"),
+    ({"kind": "backbone", "provides": ("layer_block",)}, "unknown capability 'layer_block' (did you mean 'layer_blocks'?)"),
+    ({"kind": "recurrence", "needs": {"backbone": ("packed",)}}, "unknown capability 'packed'"),
+])
+def test_slot_and_capability_names_are_checked_when_registered(declaration, message):
+    add = ProviderRegistry(registry=Registry(), provider=Provider("test", "ttt-test", "0")).add
+    kind = declaration.pop("kind")
+    with pytest.raises(RegistryError) as info:
+        add(kind, "x", config=Empty, factory="json:dumps", **declaration)
+    assert message in str(info.value)

@@ -17,6 +17,7 @@ would ignore the function, and the plugin would load without registering anythin
 
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
 import os
@@ -102,10 +103,6 @@ def _disabled_reason(entry_point: metadata.EntryPoint) -> str | None:
     return None
 
 
-def _selected(entry_point: metadata.EntryPoint) -> bool:
-    return _disabled_reason(entry_point) is None
-
-
 def _unknown_selected(entry_points: list[metadata.EntryPoint]) -> list[str]:
     autoload_off, allow = _switches()
     if autoload_off or not allow:
@@ -114,13 +111,17 @@ def _unknown_selected(entry_points: list[metadata.EntryPoint]) -> list[str]:
     return sorted(allow - known)
 
 
+HOOK_NAMES = tuple(name for name in dir(hookspecs) if name.startswith(f"{hookspecs.PROJECT}_"))
+
+
 def _unmarked_hooks(plugin: Any) -> list[str]:
-    """`ttt_*` functions defined by the plugin without `@hookimpl` (pluggy silently skips them)."""
+    """Hooks the plugin defines without `@hookimpl` (pluggy silently skips them): functions named like a
+    hook spec, or close to one (a misspelling); other `ttt_*` helpers are the plugin's own business."""
     marker = f"{hookspecs.PROJECT}_impl"
     module = getattr(plugin, "__name__", None) if inspect.ismodule(plugin) else None
     found = []
     for name in dir(plugin):
-        if not name.startswith("ttt_"):
+        if not name.startswith("ttt_") or not (name in HOOK_NAMES or difflib.get_close_matches(name, HOOK_NAMES, cutoff=0.85)):
             continue
         function = getattr(plugin, name, None)
         if not (inspect.isfunction(function) or inspect.ismethod(function)):

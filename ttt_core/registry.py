@@ -253,6 +253,7 @@ class ProviderRegistry:
             raise RegistryError(
                 f"{kind} '{name}' from {self.provider}: config must be an attrs class, got {config!r}"
             )
+        self._check_declarations(kind, name, slots, provides, needs)
         component = Component(
             kind=kind,
             name=name,
@@ -267,3 +268,25 @@ class ProviderRegistry:
         )
         self.registry.add_component(component)
         self.added.append((kind, name))
+
+    def _check_declarations(self, kind: str, name: str, slots: Any, provides: Any, needs: Any) -> None:
+        """Slot and capability names are checked where they are written: a typo would otherwise mark a
+        slot unused or a capability missing without a word."""
+        from ttt_core.interfaces import CAPABILITIES
+        from ttt_core.kinds import BY_SLOT, OPTIONAL_SLOTS
+
+        where = f"{kind} '{name}' from {self.provider}"
+        if slots is not None and kind != "recurrence":
+            raise RegistryError(f"{where}: only a recurrence declares the slots it uses")
+        for slot in slots or ():
+            if slot not in OPTIONAL_SLOTS:
+                raise RegistryError(f"{where}: slots: '{slot}' is not an optional slot{did_you_mean(slot, OPTIONAL_SLOTS)}; "
+                                    f"optional slots: {', '.join(OPTIONAL_SLOTS)}")
+        declared = [*provides, *(c for caps in (needs.values() if isinstance(needs, Mapping) else ()) for c in caps)]
+        for capability in declared:
+            if capability not in CAPABILITIES:
+                raise RegistryError(f"{where}: unknown capability '{capability}'{did_you_mean(capability, CAPABILITIES)}; "
+                                    f"known: {', '.join(CAPABILITIES)}")
+        for slot in needs if isinstance(needs, Mapping) else ():
+            if slot not in BY_SLOT:
+                raise RegistryError(f"{where}: needs: unknown slot '{slot}'{did_you_mean(slot, BY_SLOT)}")
