@@ -18,8 +18,8 @@ Grad modes:
 
 With ``InnerLoop.functional`` the step gradients come from ``torch.func.grad`` instead (same values):
 the compiled training step (``ttt_core.train.functional``) is a ``torch.func`` transform that
-``autograd.grad`` does not compose with. ``step_gradients`` makes that choice, for the inner loop
-here and for recurrences that run their own.
+``autograd.grad`` does not compose with. ``step_gradients`` makes that choice for every step of
+`InnerLoop.run`, which learners and recurrences with their own objective (prmt4) all run.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def step_gradients(
     objective: Objective, state: State, *, functional: bool, create_graph: bool, retain_graph: bool
 ) -> tuple[State, Any]:
     """Gradients of `objective(state) -> (scalar, aux)` w.r.t. every tensor of `state`, and `aux`:
-    one inner step's, for `InnerLoop` and for recurrences that run their own inner loop (prmt4).
+    one step of `InnerLoop.run`.
 
     `functional`: by `torch.func.grad`, which composes with an outer `torch.func.grad` and
     `torch.compile` (`autograd.grad` does neither); the graph is then always kept, and first order
@@ -187,8 +187,7 @@ class InnerStats:
     def result(self, memory: Sequence[Tensor], outer: str = "mean_over_steps") -> dict[str, Tensor]:
         """`inner_loss` / `inner_grad_norm` ``[K]``, `memory_norm` of `memory`, and `outer_term` (in
         the graph): the mean over steps of the fit term (`InnerLoop`), or with ``outer =
-        "sum_over_steps"`` its sum over steps, averaged over groups (PRMT4's, from before the loops
-        were one)."""
+        "sum_over_steps"`` its sum over steps, averaged over groups (PRMT4's outer term)."""
         stats: dict[str, Tensor] = {}
         if self.groups and self.loss:
             stats["inner_loss"] = torch.stack([torch.as_tensor(x) for x in self.loss]) / self.groups

@@ -27,11 +27,11 @@ from typing import Any
 import torch
 
 from ttt_core.distributed.launch import check_resume_world, import_deepspeed
-from ttt_core.errors import TTTError
+from ttt_core.errors import TTTError, first_line
 from ttt_core.objective import evaluate_totals, is_finite, mean_of_totals, step_loss
 from ttt_core.recipe import Recipe, dumps_toml
 from ttt_core.train.backends import Progress, StepContext
-from ttt_core.train.checkpoint import checkpoint_dir, deepspeed_weights_only, first_line, read_marker, write_marker
+from ttt_core.train.checkpoint import checkpoint_dir, deepspeed_weights_only, read_marker, write_marker
 
 
 def init_process_group(recipe: Recipe, device: torch.device) -> None:

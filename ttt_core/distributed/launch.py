@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ttt_core.distributed import config as deepspeed_config
-from ttt_core.errors import TTTError
+from ttt_core.errors import TTTError, first_line
 from ttt_core.recipe import Recipe
 from ttt_core.train.checkpoint import checkpoint_dir, has_checkpoint, read_marker
 from ttt_core.train.device import pick_device
@@ -87,7 +87,7 @@ def resolve_config(recipe: Recipe, world_size: int, run_dir: Path | None = None)
             block = BLOCKS.get(getattr(exc, "title", ""), getattr(exc, "title", "?"))
             lines = [f"{block}.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors()]
         else:
-            lines = [f"DeepSpeed rejects the config: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"]
+            lines = [f"DeepSpeed rejects the config: {type(exc).__name__}: {first_line(exc)}"]
         raise TTTError(*(f"{prefix} {line}" for line in lines)) from None
     return config
 

@@ -18,10 +18,10 @@ from typing import Any, Protocol, runtime_checkable
 import attrs
 import torch
 
-from ttt_core.errors import TTTError
+from ttt_core.errors import TTTError, first_line
 from ttt_core.objective import autocast, evaluate, is_finite, step_loss
 from ttt_core.recipe import Recipe
-from ttt_core.train.checkpoint import PLAIN, first_line, load_checkpoint, load_weights, save_atomic
+from ttt_core.train.checkpoint import PLAIN, load_checkpoint, load_weights, save_atomic
 
 
 @attrs.define

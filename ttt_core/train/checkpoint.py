@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from ttt_core.errors import TTTError
+from ttt_core.errors import TTTError, first_line
 
 PLAIN = Path("checkpoints") / "last.pt"
 DEEPSPEED = Path("checkpoints") / "deepspeed"
@@ -63,12 +63,6 @@ def _writing(path: Path, mode: str) -> Iterator[Any]:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (its type's name when it has none): for one-line errors."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def describe_os_error(exc: OSError) -> str:
@@ -139,19 +133,6 @@ def read_marker(directory: Path) -> dict[str, Any] | None:
 def write_marker(directory: Path, tag: str, step: int, world_size: int, zero_stage: int) -> None:
     marker = {"tag": tag, "step": step, "world_size": world_size, "zero_stage": zero_stage}
     write_text_atomic(Path(directory) / MARKER, json.dumps(marker) + "\n")
-
-
-def last_checkpoint(run_dir: Path) -> tuple[Path, int] | None:
-    """(location, step) of a run directory's last complete checkpoint of either format, or None."""
-    run_dir = Path(run_dir)
-    plain = run_dir / PLAIN
-    if plain.exists():
-        step = load_checkpoint(plain).get("step")
-        return plain, step
-    marker = read_marker(checkpoint_dir(run_dir))
-    if marker is not None:
-        return checkpoint_dir(run_dir) / marker["tag"], marker["step"]
-    return None
 
 
 def has_checkpoint(run_dir: Path) -> bool:

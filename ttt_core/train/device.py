@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ttt_core.errors import TTTError
+from ttt_core.errors import TTTError, first_line
 
 
 def pick_device(name: str) -> torch.device:
@@ -14,7 +14,7 @@ def pick_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError) as exc:
-        raise TTTError(f"[train] device = '{name}': not a torch device ({str(exc).splitlines()[0]})") from None
+        raise TTTError(f"[train] device = '{name}': not a torch device ({first_line(exc)})") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise TTTError(f"[train] device = '{name}' but CUDA is not available on this machine; use 'auto' or 'cpu'")

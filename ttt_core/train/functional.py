@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ttt_core.episode import Episode, Segment, answer_loss
-from ttt_core.errors import TTTError
+from ttt_core.errors import TTTError, first_line
 from ttt_core.interfaces import PacksContext
 from ttt_core.model import MetaModel, ReadOutput
 from ttt_core.objective import with_inner_term
@@ -131,7 +131,7 @@ class FunctionalStep:
         try:
             grads, (loss, logits, stats) = self.grad({k: p.detach() for k, p in named.items()}, self.pad(episode))
         except torch._dynamo.exc.TorchDynamoException as err:  # e.g. a component calling autograd.grad itself
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            first = first_line(err)
             raise TTTError(
                 f"[train] compile: this model cannot be traced as one functional program ({first}); "
                 "set train.compile = false"

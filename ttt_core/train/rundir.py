@@ -97,7 +97,7 @@ def check_run_dir(recipe: Recipe, run_dir: Path) -> None:
     if diff:
         raise TTTError(
             f"{run_dir}: this run directory was made by another recipe (differs in: "
-            f"{', '.join(diff)}); use another --out or resume it as it is: ttt run {run_dir}"
+            f"{', '.join(diff)}); use another --out or resume it as it is"
         )
 
 
