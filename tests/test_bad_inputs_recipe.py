@@ -9,6 +9,7 @@ and the environment.
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -117,18 +118,7 @@ def test_a_directory_given_as_recipe(tmp_path, capsys):
     assert code != 0 and lines == [f"{tmp_path}: is a directory, not a recipe file"]
 
 
-GOOD = """
-import attrs
-from ttt_core import hookimpl
-
-@attrs.define
-class Cfg:
-    width: int = 3
-
-@hookimpl
-def ttt_register_components(registry):
-    registry.add("memory_writer", "{name}", config=Cfg, factory="json:dumps")
-"""
+GOOD = (Path(__file__).parent / "data" / "writer_plugin.py.txt").read_text()  # "{name}": the writer
 
 PLUGINS = [
     ("plugin that calls sys.exit at import", "import sys\nsys.exit('no GPU here')\n", {},
@@ -174,14 +164,14 @@ class Cfg:
 def ttt_register_components(registry):
     registry.add("recurrence", "slotless", config=Cfg, factory="json:dumps", slots=())
     registry.add("recurrence", "picky", config=Cfg, factory="json:dumps",
-                 needs={"backbone": ("a_capability_nothing_has",)})
+                 needs={"backbone": ("export",)})
 """
 
 COMPONENTS = [
     ("a table for a slot the recurrence does not use", '[recurrence]\nname = "slotless"\n',
      "[memory.learner] recurrence 'slotless' does not use a memory learner: remove this table"),
     ("a capability the backbone lacks", '[recurrence]\nname = "picky"\n',
-     "[recurrence] picky needs a backbone with 'a_capability_nothing_has'; backbone 'llama' does not provide it"),
+     "[recurrence] picky needs a backbone with 'export'; backbone 'llama' does not provide it"),
 ]
 
 

@@ -1,21 +1,12 @@
 import subprocess
 import sys
+from pathlib import Path
 
 from ttt_core.cli import main
 from ttt_core.plugins import create_host
 
-GOOD = """
-import attrs
-from ttt_core import hookimpl
-
-@attrs.define
-class Cfg:
-    width: int = 3
-
-@hookimpl
-def ttt_register_components(registry):
-    registry.add("memory_writer", "goodwriter", config=Cfg, factory="json:dumps", description="a writer")
-"""
+GOOD = (Path(__file__).parent / "data" / "writer_plugin.py.txt").read_text().replace("{name}", "goodwriter")
+"""A plugin that registers one memory writer (a source file for `make_dist`)."""
 
 
 def plugin(host, name):
