@@ -193,6 +193,7 @@ def test_paths_in_a_recipe_are_relative_to_it(write, tmp_path, monkeypatch):
     recipe = load_recipe(path)
     assert recipe.train.init_from == str(tmp_path / "runs" / "a")  # the file that writes it, not the cwd
     assert recipe.stages[0].recipe.train.init_from == str(tmp_path / "runs" / "b")
-    assert load_recipe(path, ["train.init_from=runs/c"]).train.init_from == "runs/c"  # --set: the cwd
+    # --set: against the working directory, stored absolute (a run directory keeps the recipe)
+    assert load_recipe(path, ["train.init_from=runs/c"]).train.init_from == str(tmp_path / "runs" / "c")
     # a relative directory handed to a later stage is made absolute: its stored recipe still names it
     assert recipe.with_init_from("runs/x").train.init_from == str(tmp_path / "runs" / "x")
