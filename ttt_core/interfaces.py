@@ -93,7 +93,13 @@ class MemoryWriter(ABC):
     Context: ``dim: int`` (model width). A writer may own fast weights of its own (the
     cross-attention writer adapts its projections per example): ``init_state`` returns them and the
     inner loop adapts them together with the learner's state.
+
+    ``read_context``: whether the read (``InnerLearner.forward``) passes the context to the writer
+    again. When False the writer gets ``context=None`` there, so the context reaches the read only
+    through what the inner loop wrote into the state.
     """
+
+    read_context: bool = True
 
     @abstractmethod
     def init_state(self, batch_size: int) -> State:

@@ -68,4 +68,4 @@ class MemoryTokens(nn.Module, InnerLearner):
 
     def forward(self, state: State, ids: Tensor, mask: Tensor, context: Segment | None = None) -> Tensor:
         """Logits where position t predicts ids[t + 1] (the usual convention)."""
-        return self._run(state, ids, mask, context)[:, self.tokens :]
+        return self._run(state, ids, mask, context if self.writer.read_context else None)[:, self.tokens :]
