@@ -18,11 +18,11 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from ttt_core.episode import Segment
 from ttt_core.errors import TTTError
 from ttt_core.interfaces import InnerLearner, State
-from ttt_core.model import lm_loss_per_example
 
 from ttt_plugin_lora.lora_config import LoRAConfig
 
@@ -61,6 +61,15 @@ def locate(targets: dict[str, tuple[int, int]], layer: int, role: str) -> Site:
     known = ", ".join(sorted(t for t in targets if t.startswith(f"layers.{layer}."))) or "none"
     raise TTTError(f"[memory.learner] lora: the backbone has no weight for role '{role}' in layer {layer} "
                    f"(its weights there: {known})")
+
+
+def lm_loss_per_example(logits: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
+    """Next-token loss ``[B]`` (``logits[:, t]`` predicts ``ids[:, t]``), computed in at least float32:
+    the core's version computes in float32 always, which would round away a float64 check."""
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    losses = F.cross_entropy(logits.transpose(1, 2).to(dtype), ids, reduction="none")
+    weights = mask.to(losses.dtype)
+    return (losses * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
 
 def writer_state(state: State) -> State:
