@@ -29,11 +29,11 @@ DIM = 16
 Rows = Sequence[Sequence[int]]
 
 
-def tiny_backbone(seed: int = 0) -> Llama:
+def tiny_backbone(seed: int = 0, layers: int = 2) -> Llama:
     """2 layers, width 16, weights larger than the GPT-2 init so that every path's influence on the
     output is far above float rounding."""
     torch.manual_seed(seed)
-    backbone = Llama(LlamaConfig(layers=2, dim=DIM, heads=2, mlp_ratio=2.0), VOCAB)
+    backbone = Llama(LlamaConfig(layers=layers, dim=DIM, heads=2, mlp_ratio=2.0), VOCAB)
     with torch.no_grad():
         for weight in backbone.parameters():
             if weight.dim() == 2:
@@ -49,10 +49,10 @@ def make_learner(backbone: torch.nn.Module | None = None, **options: object) -> 
 
 @pytest.fixture
 def make_model() -> Callable[..., MetaModel]:
-    """`make_model(grad_mode=..., steps=..., **lora options)`: a tiny single-segment model, seeded."""
+    """`make_model(grad_mode=..., steps=..., layers=..., **lora options)`: a tiny single-segment model, seeded."""
 
-    def make(grad_mode: str = "second", steps: int = 2, **options: object) -> MetaModel:
-        learner = make_learner(**options)
+    def make(grad_mode: str = "second", steps: int = 2, layers: int = 2, **options: object) -> MetaModel:
+        learner = make_learner(tiny_backbone(layers=layers), **options)
         inner = InnerConfig(steps=steps, lr=0.5, grad_mode=grad_mode, clip_norm=5.0)
         return MetaModel(learner.backbone, learner, learner.writer, SingleSegment(SingleConfig()), inner)
 
