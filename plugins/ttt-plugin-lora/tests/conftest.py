@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import types
 from collections.abc import Callable, Sequence
 
 import pytest
@@ -84,3 +85,10 @@ def make_episode(rows: Sequence[int] = (0, 1, 2), pad_width: int = 0) -> Episode
 @pytest.fixture
 def episode() -> Episode:
     return make_episode()
+
+
+@pytest.fixture
+def kit() -> types.SimpleNamespace:
+    """The helpers above (a conftest is not importable by name under --import-mode=importlib)."""
+    return types.SimpleNamespace(VOCAB=VOCAB, tiny_backbone=tiny_backbone, make_learner=make_learner, segment=segment,
+                                 make_episode=make_episode)

@@ -13,7 +13,6 @@ peft = pytest.importorskip("peft")
 from transformers import LlamaConfig as HFLlamaConfig  # noqa: E402
 from transformers import LlamaForCausalLM  # noqa: E402
 
-from conftest import VOCAB, make_learner, segment, tiny_backbone  # noqa: E402
 from ttt_plugin_lora.export import export_run, hf_llama_state_dict, write_adapters  # noqa: E402
 
 
@@ -30,10 +29,10 @@ def hf_llama(backbone) -> LlamaForCausalLM:
     return model
 
 
-def test_peft_loads_the_adapters_and_gives_our_logits(tmp_path):
-    backbone = tiny_backbone()
-    learner = make_learner(backbone, targets=["q", "k", "v", "o", "gate", "up", "down"], layers=[1], alpha=3.0)
-    ids = segment([[1, 2, 3, 4, 5, 6], [9, 10, 11, 4, 2, 8]]).ids
+def test_peft_loads_the_adapters_and_gives_our_logits(kit, tmp_path):
+    backbone = kit.tiny_backbone()
+    learner = kit.make_learner(backbone, targets=["q", "k", "v", "o", "gate", "up", "down"], layers=[1], alpha=3.0)
+    ids = kit.segment([[1, 2, 3, 4, 5, 6], [9, 10, 11, 4, 2, 8]]).ids
     hf = hf_llama(backbone)
     with torch.no_grad():
         plain = backbone(backbone.embed(ids)).logits

@@ -11,7 +11,6 @@ from ttt_core.builtin.memory_tokens import MemoryTokens
 from ttt_core.episode import answer_loss
 from ttt_core.errors import TTTError
 
-from conftest import make_episode, make_learner, segment, tiny_backbone
 from ttt_plugin_lora.lora import A_KEY, B_KEY, FUSED, lm_loss_per_example
 
 ROWS = [[1, 2, 3, 4, 5, 6], [9, 10, 11], [2, 4, 6, 8, 10]]
@@ -35,10 +34,10 @@ def merged_backbone(learner, state, b: int):
     return merged
 
 
-def test_deltas_equal_merged_weights_per_example():
+def test_deltas_equal_merged_weights_per_example(kit):
     """Every example runs with its own adapters on exactly its roles' rows of the fused weights."""
-    learner = make_learner(targets=["q", "v", "o", "gate", "down"], layers=[1])
-    seg = segment(ROWS)
+    learner = kit.make_learner(targets=["q", "v", "o", "gate", "down"], layers=[1])
+    seg = kit.segment(ROWS)
     state = perturbed_state(learner, 3)
     logits = learner(state, seg.ids, seg.mask)
     for b in range(3):
@@ -48,18 +47,18 @@ def test_deltas_equal_merged_weights_per_example():
         assert torch.allclose(logits[b, :n], expected, atol=1e-5), b
 
 
-def test_per_example_gradients_equal_a_loop_over_examples(make_model):
+def test_per_example_gradients_equal_a_loop_over_examples(kit, make_model):
     """The summed inner loss gives each example the gradient it has alone, and the inner loop (with
     per-example clipping) adapts each as it would alone."""
     model = make_model()
     learner = model.learner
-    seg = segment(ROWS)
+    seg = kit.segment(ROWS)
     state = perturbed_state(learner, 3)
     grads = torch.autograd.grad(learner.inner_loss(state, seg).sum(), list(state.values()))
     adapted, _ = model.adapt(state, seg)
     for b, row in enumerate(ROWS):
         alone = {k: v[b:b + 1].detach().requires_grad_() for k, v in state.items()}
-        one = segment([row])
+        one = kit.segment([row])
         own = torch.autograd.grad(learner.inner_loss(alone, one).sum(), list(alone.values()))
         for g, g_alone in zip(grads, own):
             assert torch.allclose(g[b:b + 1], g_alone, atol=1e-6)
@@ -75,15 +74,15 @@ def outer_loss(logits: torch.Tensor, target) -> torch.Tensor:
     return (losses * mask).sum() / mask.sum()
 
 
-def test_padding_changes_nothing(make_model):
+def test_padding_changes_nothing(kit, make_model):
     """Padding columns (junk ids under the mask) change neither the inner loop, the answer, nor the
     outer gradient (float64: equal up to rounding, not up to float32's amplified by the inner steps)."""
     model = make_model().double()
     results = []
     for pad in (0, 3):
         model.zero_grad()
-        out = model(make_episode(pad_width=pad))
-        outer_loss(out.logits, make_episode().target).backward()
+        out = model(kit.make_episode(pad_width=pad))
+        outer_loss(out.logits, kit.make_episode().target).backward()
         results.append((out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
     (logits, grads), (padded_logits, padded_grads) = results
     assert torch.allclose(logits, padded_logits, atol=1e-10)
@@ -93,10 +92,10 @@ def test_padding_changes_nothing(make_model):
 
 
 @pytest.mark.parametrize("options", [{"alpha": 0.0}, {"init": "lora"}], ids=["alpha-0", "B-0"])
-def test_without_a_delta_the_model_is_the_backbone(options):
+def test_without_a_delta_the_model_is_the_backbone(kit, options):
     """alpha = 0 (at any state) and B = 0 (peft's init, at the initial state) give the backbone alone."""
-    learner = make_learner(**options)
-    seg = segment(ROWS)
+    learner = kit.make_learner(**options)
+    seg = kit.segment(ROWS)
     state = perturbed_state(learner, 3) if options.get("alpha") == 0.0 else learner.init_state(3)
     plain = learner.backbone(learner.backbone.embed(seg.ids), seg.mask).logits
     assert torch.equal(learner(state, seg.ids, seg.mask), plain)
@@ -104,11 +103,11 @@ def test_without_a_delta_the_model_is_the_backbone(options):
     assert torch.equal(learner.inner_loss(state, seg), expected)
 
 
-def test_balanced_init_moves_both_factors_in_one_step():
+def test_balanced_init_moves_both_factors_in_one_step(kit):
     """With the balanced init the first inner gradient reaches A and B; with B = 0 it reaches B only."""
-    seg = segment(ROWS)
+    seg = kit.segment(ROWS)
     for init, a_moves in (("balanced", True), ("lora", False)):
-        learner = make_learner(init=init)
+        learner = kit.make_learner(init=init)
         state = {k: v.detach().requires_grad_() for k, v in learner.init_state(3).items()}
         grads = dict(zip(state, torch.autograd.grad(learner.inner_loss(state, seg).sum(), list(state.values()))))
         assert all(grads[k].abs().sum() > 0 for k in grads if k.startswith(B_KEY))
@@ -146,27 +145,27 @@ def test_first_order_keeps_the_initial_adapters_and_rates_in_the_graph(make_mode
     assert model.inner.log_lr.grad is not None
 
 
-def test_memory_tokens_alongside_read_as_the_memory_tokens_learner():
+def test_memory_tokens_alongside_read_as_the_memory_tokens_learner(kit):
     """With tokens and alpha = 0 the learner is the memory-token learner; the adapters and the tokens
     both receive inner gradients otherwise."""
-    backbone = tiny_backbone()
-    learner = make_learner(backbone, tokens=2, alpha=0.0)
+    backbone = kit.tiny_backbone()
+    learner = kit.make_learner(backbone, tokens=2, alpha=0.0)
     tokens = MemoryTokens(MemoryTokensConfig(tokens=2), backbone=backbone, writer=learner.writer)
     with torch.no_grad():
         tokens.memory.copy_(learner.memory)
-    seg = segment(ROWS)
+    seg = kit.segment(ROWS)
     assert torch.allclose(learner.inner_loss(learner.init_state(3), seg), tokens.inner_loss(tokens.init_state(3), seg))
     assert torch.allclose(learner(learner.init_state(3), seg.ids, seg.mask), tokens(tokens.init_state(3), seg.ids, seg.mask))
-    both = make_learner(backbone, tokens=2)
+    both = kit.make_learner(backbone, tokens=2)
     state = {k: v.detach().requires_grad_() for k, v in both.init_state(3).items()}
     grads = torch.autograd.grad(both.inner_loss(state, seg).sum(), list(state.values()))
     assert "memory" in state and all(g.abs().sum() > 0 for g in grads)
     assert both.fast_parameters() == 2 * 16 + sum(p.numel() for p in both.parameters() if p.dim() == 3)
 
 
-def test_unknown_layer_and_missing_role_are_refused():
+def test_unknown_layer_and_missing_role_are_refused(kit):
     with pytest.raises(TTTError, match=r"layers \[0, 5\] reach past the backbone's 2"):
-        make_learner(layers=[0, 5])
+        kit.make_learner(layers=[0, 5])
 
     class OnlyQ(torch.nn.Module):
         n_layers, dim = 1, 16
@@ -175,15 +174,15 @@ def test_unknown_layer_and_missing_role_are_refused():
             return {"layers.0.q": (16, 16)}
 
     with pytest.raises(TTTError, match=r"no weight for role 'v' in layer 0 \(its weights there: layers.0.q\)"):
-        make_learner(OnlyQ(), targets=["q", "v"])
+        kit.make_learner(OnlyQ(), targets=["q", "v"])
 
 
-def test_fast_parameter_count_of_the_ar_recipe():
+def test_fast_parameter_count_of_the_ar_recipe(kit):
     """The count quoted in recipes/lora_ar_n1.toml: rank 1 on v and o in layers 2, 3 of the deck's
     4L/128 backbone is the 8 memory tokens' 1,024."""
     from ttt_core.builtin.configs import LlamaConfig
     from ttt_core.builtin.llama import Llama
 
     backbone = Llama(LlamaConfig(layers=4, dim=128, heads=4, mlp_ratio=2.6667), 16)
-    learner = make_learner(backbone, targets=["v", "o"], layers=[2, 3], rank=1)
+    learner = kit.make_learner(backbone, targets=["v", "o"], layers=[2, 3], rank=1)
     assert learner.fast_parameters() == 1024 == 8 * 128

@@ -14,15 +14,14 @@ from ttt_core.recipe import build_recipe, tomllib
 from ttt_core.registry import Provider, ProviderRegistry, Registry
 from ttt_core.train.functional import FunctionalStep
 
-from conftest import make_episode
 
 
-def test_compiled_step_equals_eager(make_model):
+def test_compiled_step_equals_eager(kit, make_model):
     """The whole step through `torch.compile` (full graph: no graph break in the learner), second order,
     on one layer with one inner step: backend "aot_eager" runs the traced graph without inductor's C++
     build, and tracing still costs ~5 s on one core (first order is the same graph without the double
     backward; the tiny recipe's CLI run checks inductor)."""
-    episode, mode = make_episode(), "second"
+    episode, mode = kit.make_episode(), "second"
     options = {"grad_mode": mode, "steps": 1, "layers": 1, "targets": ["q", "v", "down"]}
     eager, traced = make_model(**options), make_model(**options)
     loss = answer_loss(eager(episode).logits, episode.target)
