@@ -186,3 +186,16 @@ def test_fast_parameter_count_of_the_ar_recipe(kit):
     backbone = Llama(LlamaConfig(layers=4, dim=128, heads=4, mlp_ratio=2.6667), 16)
     learner = kit.make_learner(backbone, targets=["v", "o"], layers=[2, 3], rank=1)
     assert learner.fast_parameters() == 1024 == 8 * 128
+
+
+def test_bf16_autocast_trains_close_to_float32(make_model, episode):
+    """Under bfloat16 autocast (`[train] precision = "bf16"`) the step runs, the state stays float32,
+    and the loss is float32's to bf16 rounding."""
+    model = make_model(grad_mode="second")
+    loss32 = answer_loss(model(episode).logits, episode.target)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(episode)
+        loss16 = answer_loss(out.logits, episode.target)
+    loss16.backward()
+    assert torch.isfinite(loss16) and abs(loss16.item() - loss32.item()) < 0.05 * loss32.item()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.learner.lora_A.values())
