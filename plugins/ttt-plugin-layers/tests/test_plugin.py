@@ -53,8 +53,46 @@ def test_ttt_lm_backbone(registry, variant: str) -> None:
     from ttt_core.interfaces import Backbone, BackboneOutput, missing_capability
 
     assert isinstance(backbone, Backbone) and isinstance(out, BackboneOutput)
-    assert registry["backbone"].get("ttt_lm").provides == ()
+    assert registry["backbone"].get("ttt_lm").provides == ("weight_deltas",)
     assert missing_capability(backbone, "packed_rows") == "its forward() takes no positions, segments"
+    assert missing_capability(backbone, "weight_deltas") is None
+
+
+@pytest.mark.parametrize("variant", ["transformer", "mamba"])
+def test_ttt_lm_weight_deltas_equal_the_merged_weights_per_example(registry, variant: str) -> None:
+    """`forward_with_deltas`: example b runs with W + up[b] @ down[b] on the named linear maps (the
+    padded row too); zero deltas are `forward` exactly; gradients reach the deltas."""
+    import copy
+
+    torch.manual_seed(0)
+    config = TTTLMConfig(layers=2, dim=16, heads=2, inner="linear", variant=variant, mini_batch_size=4)
+    backbone = registry["backbone"].get("ttt_lm").build(config, vocab_size=20)
+    targets = backbone.delta_targets()
+    assert ("layers.0.k" in targets) == (variant == "transformer")
+    assert targets["layers.1.down"] == tuple(backbone.model.blocks[1].mlp.down_proj.weight.shape)
+    ids = torch.randint(0, 20, (2, 9))
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[1, 6:] = False
+    embeds = backbone.embed(ids)
+    deltas = {}
+    for name in ("layers.0.q", "layers.0.o", "layers.1.v", "layers.1.gate", "layers.1.down"):
+        out, inp = targets[name]
+        deltas[name] = (torch.randn(2, 3, inp) * 0.3, (torch.randn(2, out, 3) * 0.3).requires_grad_())
+    zero = {name: (down, torch.zeros_like(up)) for name, (down, up) in deltas.items()}
+    assert torch.equal(backbone.forward_with_deltas(embeds, mask, zero).logits, backbone(embeds, mask).logits)
+    logits = backbone.forward_with_deltas(embeds, mask, deltas).logits
+    for b, n in ((0, 9), (1, 6)):
+        merged = copy.deepcopy(backbone)
+        with torch.no_grad():
+            for name, (down, up) in deltas.items():
+                _, layer, role = name.split(".")
+                merged._linears(merged.model.blocks[int(layer)])[role].weight += up[b] @ down[b]
+        alone = merged(merged.embed(ids[b:b + 1, :n])).logits[0]
+        assert (logits[b, :n] - alone).abs().max() <= 1e-5, (variant, b)
+    logits[mask].sum().backward()
+    assert all(up.grad is not None and up.grad.abs().sum() > 0 for _, up in deltas.values())
+    with pytest.raises(KeyError, match="no linear weight"):
+        backbone.forward_with_deltas(embeds, mask, {"layers.5.q": deltas["layers.0.q"]})
 
 
 @pytest.mark.parametrize("name", ["ttt_linear", "ttt_mlp"])

@@ -19,7 +19,8 @@ from ttt_plugin_layers.model import TTTModel
 
 
 class TTTLMBackbone(nn.Module, Backbone):
-    """`TTTModel` behind the `Backbone` contract: embeddings in, logits out, blocks as `layers`."""
+    """`TTTModel` behind the `Backbone` contract: embeddings in, logits out, blocks as `layers`; with
+    per-example low-rank weight deltas on its linear maps (`WeightDeltas`, for LoRA memory)."""
 
     def __init__(self, config: TTTLMConfig, vocab_size: int) -> None:
         super().__init__()
@@ -38,6 +39,38 @@ class TTTLMBackbone(nn.Module, Backbone):
 
     def forward(self, embeds: Tensor, mask: Tensor | None = None, return_hidden: bool = False) -> BackboneOutput:
         trunk = self.model.forward_embeddings(embeds, attention_mask=mask, return_hidden=return_hidden)
+        return BackboneOutput(self.model.lm_head(trunk.hidden), trunk.hidden_states)
+
+    def delta_targets(self) -> dict[str, tuple[int, int]]:
+        """`WeightDeltas`: each block's linear maps by role, `"layers.{i}.{role}"` -> `(out, in)`: the TTT
+        layer's q, k (absent in the mamba variant, whose k is a conv of q's projection), v, o projections
+        and the SwiGLU's gate, up, down."""
+        targets = {}
+        for i, block in enumerate(self.model.blocks):
+            for role, linear in self._linears(block).items():
+                targets[f"layers.{i}.{role}"] = tuple(linear.weight.shape)
+        return targets
+
+    @staticmethod
+    def _linears(block: nn.Module) -> dict[str, nn.Linear]:
+        ttt, mlp = block.ttt, block.mlp
+        linears = {"q": ttt.q_proj, "k": getattr(ttt, "k_proj", None), "v": ttt.v_proj, "o": ttt.o_proj,
+                   "gate": mlp.gate_proj, "up": mlp.up_proj, "down": mlp.down_proj}
+        return {role: linear for role, linear in linears.items() if linear is not None}
+
+    def forward_with_deltas(self, embeds: Tensor, mask: Tensor | None, deltas: dict[str, tuple[Tensor, Tensor]],
+                            return_hidden: bool = False) -> BackboneOutput:
+        """`forward` with each named weight W replaced, for example b, by W + up[b] @ down[b]
+        (`deltas[name] = (down [B, r, in], up [B, out, r])`, names from `delta_targets`)."""
+        unknown = sorted(set(deltas) - set(self.delta_targets()))
+        if unknown:
+            raise KeyError(f"no linear weight {unknown}; the ttt_lm backbone's are layers.<i>.<role> for roles "
+                           "q, k (transformer variant), v, o, gate, up, down")
+        per_block: list[dict[str, tuple[Tensor, Tensor]]] = [{} for _ in self.model.blocks]
+        for name, delta in deltas.items():
+            _, layer, role = name.split(".")
+            per_block[int(layer)][role] = delta
+        trunk = self.model.forward_embeddings(embeds, attention_mask=mask, return_hidden=return_hidden, deltas=per_block)
         return BackboneOutput(self.model.lm_head(trunk.hidden), trunk.hidden_states)
 
 

@@ -19,6 +19,19 @@ _GELU_C = 0.79788456
 _GELU_C3 = 0.1070322243
 
 
+Delta = tuple[Tensor, Tensor]
+"""A per-example low-rank weight delta ``(down [B, r, in], up [B, out, r])``: ``W + up[b] @ down[b]``."""
+
+
+def with_delta(out: Tensor, x: Tensor, delta: Delta | None) -> Tensor:
+    """``out = x W^T`` (``[B, T, out]``) plus each example's low-rank delta applied to ``x [B, T, in]``
+    (`ttt_core.interfaces.WeightDeltas`); `out` unchanged without one."""
+    if delta is None:
+        return out
+    down, up = delta
+    return out + torch.einsum("btr,bor->bto", torch.einsum("bti,bri->btr", x, down), up)
+
+
 def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
     """LayerNorm over the last dim with per-head affine parameters broadcast by the caller."""
     xc = x - x.mean(-1, keepdim=True)

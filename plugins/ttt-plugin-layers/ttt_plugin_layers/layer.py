@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ttt_plugin_layers.config import TTTLayerConfig
-from ttt_plugin_layers.functional import apply_rope, causal_conv, conv_history, gelu, layer_norm, rope_tables
+from ttt_plugin_layers.functional import Delta, apply_rope, causal_conv, conv_history, gelu, layer_norm, rope_tables, with_delta
 from ttt_plugin_layers.inner import INNER, FastWeights, dual_form, primal_step
 
 
@@ -114,12 +114,13 @@ class TTTLayer(nn.Module):
     # ----------------------------------------------------------------------------- forward
 
     def forward(self, x: Tensor, state: LayerState | None = None, mask: Tensor | None = None,
-                return_state: bool = False) -> Tensor | tuple[Tensor, LayerState]:
+                return_state: bool = False, deltas: dict[str, Delta] | None = None) -> Tensor | tuple[Tensor, LayerState]:
         """`x [B, n, hidden]` -> `[B, n, hidden]` (and the state after the chunk if asked).
 
         `mask [B, n]` (True = real token): padding tokens never write to the fast weights and are
         zeroed before the causal convs, so trailing padding leaves real outputs unchanged and the
-        returned state is each example's state after its last real token.
+        returned state is each example's state after its last real token. `deltas` (role "q", "k",
+        "v" or "o" -> per-example low-rank delta) adapt those projections per example.
         """
         c = self.config
         if state is None:
@@ -131,21 +132,22 @@ class TTTLayer(nn.Module):
         if lengths is None and 0 < c.chunk_size < x.shape[1]:
             outs = []
             for part in x.split(c.chunk_size, dim=1):  # split, not slicing: one gradient buffer
-                out, state = self._forward(part, state, None, None)
+                out, state = self._forward(part, state, None, None, deltas)
                 outs.append(out)
             out = torch.cat(outs, dim=1)
         else:
-            out, state = self._forward(x, state, mask, lengths)
+            out, state = self._forward(x, state, mask, lengths, deltas)
         return (out, state) if return_state else out
 
     def _forward(self, x: Tensor, state: LayerState, mask: Tensor | None,
-                 lengths: Tensor | None) -> tuple[Tensor, LayerState]:
+                 lengths: Tensor | None, deltas: dict[str, Delta] | None = None) -> tuple[Tensor, LayerState]:
         c = self.config
+        deltas = deltas or {}
         B, n, C = x.shape
         H, f = c.num_heads, c.head_dim
         keep = None if lengths is None else mask[..., None].to(x.dtype)
 
-        q = self.q_proj(x)
+        q = with_delta(self.q_proj(x), x, deltas.get("q"))
         new_conv = None
         if c.share_qk:
             xq = q if keep is None else q * keep
@@ -153,8 +155,8 @@ class TTTLayer(nn.Module):
             k = causal_conv(xq, self.conv_k.weight, self.conv_k.bias, state.conv)
             new_conv = conv_history(xq, state.conv, c.conv_kernel, lengths)
         else:
-            k = self.k_proj(x)
-        v = self.v_proj(x)
+            k = with_delta(self.k_proj(x), x, deltas.get("k"))
+        v = with_delta(self.v_proj(x), x, deltas.get("v"))
         q, k, v = (t.view(B, n, H, f).transpose(1, 2) for t in (q, k, v))
 
         positions = (state.fast.pos[:, None] + torch.arange(n, device=x.device)) % c.mini_batch_size
@@ -174,7 +176,7 @@ class TTTLayer(nn.Module):
         out = self.post_norm(out.transpose(1, 2).reshape(B, n, C))
         if c.use_gate:
             out = gelu(self.g_proj(x)) * out
-        return self.o_proj(out), LayerState(fast, new_conv)
+        return with_delta(self.o_proj(out), out, deltas.get("o")), LayerState(fast, new_conv)
 
     def _inner(self, fast: FastWeights, q: Tensor, k: Tensor, t: Tensor, lr: Tensor, te_table: Tensor,
                norm: tuple, lengths: Tensor | None) -> tuple[Tensor, FastWeights]:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ttt_plugin_layers.config import TTTModelConfig
-from ttt_plugin_layers.functional import causal_conv, conv_history
+from ttt_plugin_layers.functional import Delta, causal_conv, conv_history, with_delta
 from ttt_plugin_layers.layer import LayerState, TTTLayer
 
 
@@ -43,8 +43,12 @@ class SwiGLU(nn.Module):
         self.up_proj = nn.Linear(dim, hidden, bias=False)
         self.down_proj = nn.Linear(hidden, dim, bias=False)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+    def forward(self, x: Tensor, deltas: dict[str, Delta] | None = None) -> Tensor:
+        """`deltas`: role "gate", "up" or "down" -> a per-example low-rank delta of that projection."""
+        deltas = deltas or {}
+        gate = with_delta(self.gate_proj(x), x, deltas.get("gate"))
+        hidden = F.silu(gate) * with_delta(self.up_proj(x), x, deltas.get("up"))
+        return with_delta(self.down_proj(hidden), hidden, deltas.get("down"))
 
 
 class PreConv(nn.Module):
@@ -83,15 +87,16 @@ class Block(nn.Module):
         self.mlp = SwiGLU(C, config.intermediate_size)
 
     def forward(self, h: Tensor, state: BlockState | None, mask: Tensor | None,
-                lengths: Tensor | None) -> tuple[Tensor, BlockState]:
+                lengths: Tensor | None, deltas: dict[str, Delta] | None = None) -> tuple[Tensor, BlockState]:
         keep = None if lengths is None else mask[..., None].to(h.dtype)
         pre = None
         if self.pre_conv is not None:
             out, pre = self.pre_conv(h, None if state is None else state.pre_conv, keep, lengths)
             h = h + out
-        out, ttt_state = self.ttt(self.seq_norm(h), None if state is None else state.ttt, mask, return_state=True)
+        out, ttt_state = self.ttt(self.seq_norm(h), None if state is None else state.ttt, mask, return_state=True,
+                                  deltas=deltas)
         h = h + out
-        h = h + self.mlp(self.ffn_norm(h))
+        h = h + self.mlp(self.ffn_norm(h), deltas)
         return h, BlockState(ttt_state, pre)
 
 
@@ -165,9 +170,10 @@ class TTTModel(nn.Module):
         return (logits, cache) if return_cache else logits
 
     def forward_embeddings(self, h: Tensor, cache: TTTCache | None = None, attention_mask: Tensor | None = None,
-                           return_hidden: bool = False) -> Trunk:
+                           return_hidden: bool = False, deltas: list[dict[str, Delta]] | None = None) -> Trunk:
         """The blocks and final norm on embeddings `[B, n, hidden]` (prefixes such as memory tokens
-        are simply concatenated by the caller). Padding as in `forward`."""
+        are simply concatenated by the caller). Padding as in `forward`. `deltas[i]`: block i's
+        per-example low-rank deltas by role (q, k, v, o, gate, up, down)."""
         order = lengths = mask = None
         if attention_mask is not None and not bool(attention_mask.all()):
             order, lengths = pack_left(attention_mask.to(torch.bool))
@@ -179,8 +185,8 @@ class TTTModel(nn.Module):
 
         states = [None] * len(self.blocks) if cache is None else cache.blocks
         new_states, hidden = [], [h]
-        for block, state in zip(self.blocks, states):
-            h, state = block(h, state, mask, lengths)
+        for i, (block, state) in enumerate(zip(self.blocks, states)):
+            h, state = block(h, state, mask, lengths, None if deltas is None else deltas[i])
             new_states.append(state)
             hidden.append(h)
         hidden_states = tuple(unpack(x) for x in hidden) if return_hidden else None

@@ -32,10 +32,11 @@ def build_ttt_mlp(config: TTTMemoryConfig, *, backbone: Any, writer: Any, **_: A
 
 @hookimpl
 def ttt_register_components(registry: Any) -> None:
-    # ttt_lm has the core Backbone contract only: one sequence per row (no packed_rows), its TTT
-    # blocks run by its own model (no layer_blocks)
+    # ttt_lm runs one sequence per row (no packed_rows) and its TTT blocks by its own model (no
+    # layer_blocks); its linear maps take per-example low-rank deltas (weight_deltas: LoRA memory)
     registry.add(
         "backbone", "ttt_lm", config=TTTLMConfig, factory=build_ttt_lm, aliases=("ttt_model",),
+        provides=("weight_deltas",),
         description="TTT language model (Sun et al. 2024): TTT-Linear/MLP + SwiGLU blocks, transformer or mamba variant",
     )
     registry.add(
