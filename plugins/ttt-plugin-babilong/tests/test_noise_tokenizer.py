@@ -27,6 +27,8 @@ def test_facts_stay_whole_and_in_order_and_the_context_has_the_asked_length(corp
         assert sum(count_tokens(s) for s in sentences) == max(length, story_tokens)
         noise = [s for i, s in enumerate(sentences) if i not in set(positions)]
         assert all(s in corpus.sentences for s in noise[:-1])  # whole noise sentences but the cut last one
+        if noise and noise[-1] not in corpus.sentences:
+            assert sentences[-1] == noise[-1]  # a cut sentence ends the context
 
 
 def test_facts_land_at_many_places_of_the_noise(corpus) -> None:
@@ -35,7 +37,7 @@ def test_facts_land_at_many_places_of_the_noise(corpus) -> None:
 
 
 def test_splits_draw_their_noise_from_disjoint_parts_of_the_corpus(corpus) -> None:
-    drawn = {split: set(corpus.draw(split, 2000, random.Random(0))[:-1]) for split in ("train", "val", "test")}
+    drawn = {split: set(corpus.draw(split, 2000, random.Random(0))[0][:-1]) for split in ("train", "val", "test")}
     assert not drawn["train"] & drawn["test"] and not drawn["train"] & drawn["val"] and not drawn["val"] & drawn["test"]
     ranges = [corpus.split_range(s) for s in ("train", "val", "test")]
     assert ranges[0].stop == ranges[1].start and ranges[1].stop == ranges[2].start == ranges[2].stop - len(ranges[2])

@@ -10,7 +10,7 @@ bAbI fact stands out from it more than from a novel, and results on it are not c
 published ones. Name PG19 books (or any books) in `noise_paths` for that.
 
 Sentences. Documents are cut into paragraphs; paragraphs of code or grammar (indented 3 spaces or more), titles
-and underlines are left out; the rest is split after `.`, `!` or `?` before a capital. Sentences of
+and underlines are left out; the rest is split after `.`, `!` or `?` (and closing quotes) before anything but a lowercase letter. Sentences of
 fewer than 4 words or mostly non-letters are dropped, and so is any sentence that reads as a bAbI
 fact, so the noise never states one.
 
@@ -20,8 +20,9 @@ distractor sentence with training.
 
 Length. A sample of length L tokens (the task's tokens, `ttt_plugin_babilong.tokenizer`) is its facts
 plus consecutive noise sentences from a random place of the split's range, the last one cut to the
-token so that the context is exactly L tokens; a story longer than L gets no noise (length 0 = the
-plain story). Every fact is whole and the facts keep their order.
+token so that the context is exactly L tokens (the cut sentence is the context's last: no fact comes
+after it); a story longer than L gets no noise (length 0 = the plain story). Every fact is whole
+and the facts keep their order.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from ttt_plugin_babilong.tokenizer import count_tokens, cut_to_tokens
 from ttt_plugin_babilong.world import parse_fact
 
 SPLIT_FRACTIONS: dict[str, tuple[float, float]] = {"train": (0.0, 0.8), "val": (0.8, 0.9), "test": (0.9, 1.0)}
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z])")
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[^a-z\s])")
 _MIN_WORDS = 4
 _MIN_LETTERS = 0.7
 
@@ -115,22 +116,22 @@ class NoiseCorpus:
         n = len(self.sentences)
         return range(int(lo * n), int(hi * n))
 
-    def draw(self, split: str, n_tokens: int, rng: random.Random) -> list[str]:
-        """Consecutive sentences of `split` from a random start, exactly `n_tokens` tokens in all (the
-        last one cut); the range is read again from its start if it is shorter than that."""
+    def draw(self, split: str, n_tokens: int, rng: random.Random) -> tuple[list[str], bool]:
+        """Consecutive sentences of `split` from a random start, exactly `n_tokens` tokens in all, and
+        whether the last one was cut; the range is read again from its start if it is shorter."""
         span = self.split_range(split)
         position = rng.randrange(len(span))
         out: list[str] = []
-        left = n_tokens
+        left, cut = n_tokens, False
         while left > 0:
             index = span[position % len(span)]
             sentence, tokens = self.sentences[index], self.tokens[index]
             if tokens > left:
-                sentence, tokens = cut_to_tokens(sentence, left), left
+                sentence, tokens, cut = cut_to_tokens(sentence, left), left, True
             out.append(sentence)
             left -= tokens
             position += 1
-        return out
+        return out, cut
 
 
 @functools.lru_cache(maxsize=8)
@@ -145,8 +146,9 @@ def inject(facts: Sequence[str], corpus: NoiseCorpus, split: str, length: int,
     needed = length - sum(count_tokens(f) for f in facts)
     if needed <= 0:
         return list(facts), list(range(len(facts)))
-    noise = corpus.draw(split, needed, rng)
-    boundaries = sorted(rng.randint(0, len(noise)) for _ in facts)
+    noise, cut = corpus.draw(split, needed, rng)
+    # no fact after a cut sentence: it would read as that sentence's end (and be lost on reloading)
+    boundaries = sorted(rng.randint(0, len(noise) - cut) for _ in facts)
     sentences: list[str] = []
     positions: list[int] = []
     fact = 0
