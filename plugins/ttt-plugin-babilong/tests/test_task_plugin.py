@@ -38,7 +38,7 @@ def test_plugin_module_imports_no_torch() -> None:
 
 def test_tasks_are_registered_and_build(host) -> None:
     registry = host.registry["task"]
-    for qa in ("qa1", "qa2", "qa3", "qa4", "qa5"):
+    for qa in ("qa1", "qa2", "qa3", "qa4", "qa5", "qa6", "qa7", "qa8"):
         component = registry.get(f"babilong_{qa}")
         task = component.build(BabilongConfig(val_samples=4, test_samples=4))
         assert task.qa == qa and task.split_size("test") == 4

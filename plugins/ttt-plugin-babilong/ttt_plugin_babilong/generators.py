@@ -5,6 +5,9 @@
 - qa3 three supporting facts: "Where was the milk before the kitchen?" (the object's trail of places)
 - qa4 two-argument relations: "The office is north of the kitchen."; "What is north of the kitchen?"
 - qa5 three-argument relations: objects are given between actors; "Who gave the milk to Fred?"
+- qa6 yes/no questions: "Is Mary in the kitchen?"
+- qa7 counting: "How many objects is Mary carrying?" (none, one, two, three)
+- qa8 lists: "What is Mary carrying?" ("apple,milk", or "nothing")
 
 Every event obeys the world's rules (`World(strict=True)` replays it as it is written), the
 supporting fact ids are kept, and answers are within the task's `TASK_LABELS`.
@@ -25,6 +28,7 @@ import attrs
 from ttt_plugin_babilong.world import (
     ACTORS,
     ACTORS_QA5,
+    COUNTS,
     DIRECTIONS,
     DROP_VERBS,
     GIVE_VERBS,
@@ -42,13 +46,16 @@ from ttt_plugin_babilong.world import (
 )
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-TASKS: tuple[str, ...] = ("qa1", "qa2", "qa3", "qa4", "qa5")
+TASKS: tuple[str, ...] = ("qa1", "qa2", "qa3", "qa4", "qa5", "qa6", "qa7", "qa8")
 TASK_LABELS: dict[str, tuple[str, ...]] = {
     "qa1": LOCATIONS,
     "qa2": LOCATIONS,
     "qa3": LOCATIONS,
     "qa4": LOCATIONS,
     "qa5": (*ACTORS_QA5, *OBJECTS),
+    "qa6": ("yes", "no"),
+    "qa7": COUNTS,
+    "qa8": (*OBJECTS, "nothing"),  # a list answer ("apple,milk") is made of these
 }
 DEFAULT_FACTS: dict[str, tuple[int, int]] = {
     "qa1": (2, 10),
@@ -56,6 +63,9 @@ DEFAULT_FACTS: dict[str, tuple[int, int]] = {
     "qa3": (4, 30),
     "qa4": (2, 2),
     "qa5": (4, 20),
+    "qa6": (2, 10),
+    "qa7": (2, 15),
+    "qa8": (2, 15),
 }
 """Facts per story (min, max) as in bAbI: qa1 two to ten moves, qa3 the longest, qa4 always two."""
 
@@ -113,6 +123,7 @@ class _Writer:
         self.drop_support: dict[str, tuple[int, int]] = {}  # object -> (move of the dropper, drop)
         self.causes: dict[str, list[set[int]]] = {}  # object -> the facts behind each entry of its trail
         self.gives: list[tuple[int, Fact]] = []
+        self.handled: dict[str, list[int]] = {}  # actor -> the takes, drops and gives they were part of
 
     def write(self, fact: Fact) -> None:
         idx = len(self.facts)
@@ -121,6 +132,9 @@ class _Writer:
         verbs = {"move": MOVE_VERBS, "take": TAKE_VERBS, "drop": DROP_VERBS, "give": GIVE_VERBS}.get(fact.kind)
         self.facts.append(render_fact(fact, self.rng.choice(verbs) if verbs else fact.other))
         grown = [o for o, t in self.world.history.items() if len(t) > trail_before.get(o, 0)]
+        if fact.kind in ("take", "drop", "give"):
+            for actor in {fact.actor, fact.other} - {""}:
+                self.handled.setdefault(actor, []).append(idx)
         if fact.kind == "move":
             self.last_move[fact.actor] = idx
             for obj in grown:
@@ -271,6 +285,37 @@ def qa5(rng: random.Random, n: int) -> Story | None:
     return writer.story("qa5", question, answer, {supporting})
 
 
+def qa6(rng: random.Random, n: int) -> Story | None:
+    writer = _Writer(rng, ACTORS)
+    for _ in range(n):
+        writer.write(writer.random_event({"move": 1.0}))
+    actor = rng.choice(sorted(writer.world.actor_at))
+    here = writer.world.actor_at[actor]
+    place = here if rng.random() < 0.5 else rng.choice([loc for loc in LOCATIONS if loc != here])
+    question = Question("is_actor_in", (actor, place))
+    return writer.story("qa6", question, "yes" if place == here else "no", {writer.last_move[actor]})
+
+
+def _carrying(task: str, kind: str):
+    """qa7 and qa8: what an actor holds follows from every take, drop and give they were part of."""
+
+    def generate_story(rng: random.Random, n: int) -> Story | None:
+        writer = _Writer(rng, ACTORS)
+        for _ in range(n):
+            writer.write(writer.random_event({"move": 0.35, "take": 0.35, "drop": 0.15, "give": 0.15, "meet": 0.15}))
+        if not writer.handled:
+            return None
+        actor = rng.choice(sorted(writer.handled))
+        question = Question(kind, (actor,))
+        return writer.story(task, question, writer.world.answer(question), set(writer.handled[actor]))
+
+    generate_story.__name__ = task
+    return generate_story
+
+
+qa7 = _carrying("qa7", "how_many")
+qa8 = _carrying("qa8", "carrying")
+
 GENERATORS: dict[str, Callable[[random.Random, int], Story | None]] = {
-    "qa1": qa1, "qa2": qa2, "qa3": qa3, "qa4": qa4, "qa5": qa5,
+    "qa1": qa1, "qa2": qa2, "qa3": qa3, "qa4": qa4, "qa5": qa5, "qa6": qa6, "qa7": qa7, "qa8": qa8,
 }

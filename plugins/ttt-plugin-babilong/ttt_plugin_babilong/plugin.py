@@ -1,4 +1,4 @@
-"""Registration with ttt-core (entry point `babilong` in the group `ttt`): tasks `babilong_qa1`..`babilong_qa5`.
+"""Registration with ttt-core (entry point `babilong` in the group `ttt`): tasks `babilong_qa1`..`babilong_qa8`.
 
 Imports no torch: a factory imports the task when it is built.
 """
@@ -18,6 +18,9 @@ DESCRIPTIONS: dict[str, str] = {
     "qa3": "three supporting facts (where was an object before a place)",
     "qa4": "two-argument relations (what is north of a place)",
     "qa5": "three-argument relations (who gave what to whom)",
+    "qa6": "yes/no questions (is an actor in a place)",
+    "qa7": "counting (how many objects an actor carries)",
+    "qa8": "lists (what an actor carries)",
 }
 
 

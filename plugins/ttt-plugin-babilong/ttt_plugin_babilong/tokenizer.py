@@ -36,12 +36,13 @@ if TYPE_CHECKING:
 SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[BOS]", "[EOS]", "[UNK]")
 TOKEN = re.compile(r"[^\W\d_]+|\d+|[^\w\s]|_")
 _TEMPLATE_WORDS = "the is of to there"  # words of the fact sentences besides verbs and entities
+_ANSWER_WORDS = "yes no none one two three nothing"  # answers of qa6-qa8
 
 
 def _babi_words() -> tuple[str, ...]:
     text = " ".join([
         *ALL_ACTORS, *LOCATIONS, *OBJECTS, *DIRECTIONS, *MOVE_VERBS, *TAKE_VERBS, *DROP_VERBS, *GIVE_VERBS,
-        _TEMPLATE_WORDS, *QUESTION_TEMPLATES.values(), ". , ?",
+        _TEMPLATE_WORDS, _ANSWER_WORDS, *QUESTION_TEMPLATES.values(), ". , ?",
     ])
     words: dict[str, str] = {}
     for token in TOKEN.findall(text.replace("{0}", " ").replace("{1}", " ")):

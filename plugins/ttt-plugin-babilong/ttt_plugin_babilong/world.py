@@ -81,7 +81,11 @@ QUESTION_TEMPLATES: dict[str, str] = {
     "what_did_give": "What did {0} give to {1}?",
     "who_received": "Who received the {0}?",
     "who_gave": "Who gave the {0}?",
+    "is_actor_in": "Is {0} in the {1}?",
+    "how_many": "How many objects is {0} carrying?",
+    "carrying": "What is {0} carrying?",
 }
+COUNTS: tuple[str, ...] = ("none", "one", "two", "three")
 
 
 def render_question(question: Question) -> str:
@@ -214,6 +218,9 @@ class World:
             return self.actor_at[holder]
         return self.object_at.get(obj)
 
+    def carried(self, actor: str) -> list[str]:
+        return sorted(o for o, holder in self.holder.items() if holder == actor)
+
     def answer(self, question: Question) -> str:
         """The single answer, or InconsistentStory when there is none or several."""
         kind, args = question.kind, question.args
@@ -231,6 +238,12 @@ class World:
             answers = sorted({a for a, d, b in self.relations if d == args[0] and b == args[1]})
         elif kind == "what_is_x_dir_of":
             answers = sorted({b for a, d, b in self.relations if a == args[0] and d == args[1]})
+        elif kind == "is_actor_in":
+            answers = [("yes" if self.actor_at[args[0]] == args[1] else "no")] if args[0] in self.actor_at else []
+        elif kind == "how_many":
+            answers = [COUNTS[len(self.carried(args[0]))]]
+        elif kind == "carrying":
+            answers = [",".join(self.carried(args[0])) or "nothing"]
         else:
             answers = self._give_answer(kind, args)
         if len(answers) != 1:
