@@ -1,4 +1,4 @@
-"""Story generators for bAbI qa1-qa5, deterministic from (task, split, seed, index).
+"""Story generators for bAbI qa1-qa8, deterministic from (task, split, seed, index).
 
 - qa1 single supporting fact: actors move; "Where is Mary?"
 - qa2 two supporting facts: actors move, take and drop objects; "Where is the milk?"

@@ -124,6 +124,7 @@ class Babilong(IndexedTask):
         lo, hi = DEFAULT_FACTS[qa]
         self.facts_range = (config.min_facts or lo, config.max_facts or max(hi, config.min_facts or hi))
         self.loaded: dict[str, list[BabilongSample]] = {}
+        self._held_out: dict[tuple[str, int], BabilongSample] = {}  # val and test, generated once
         if config.source == "loaded":
             for split, records in load_records(config.path, qa, config.length_name, config.loaded_split).items():
                 self.loaded[split] = [BabilongSample.from_record(r) for r in records]
@@ -147,6 +148,14 @@ class Babilong(IndexedTask):
             raise IndexError(f"{split} index {index} out of range (size {size})")
         if split in self.loaded:
             return self.loaded[split][index]
+        if split != "train":
+            cached = self._held_out.get((split, index))
+            if cached is None:
+                cached = self._held_out[(split, index)] = self._generate(split, index)
+            return cached
+        return self._generate(split, index)
+
+    def _generate(self, split: str, index: int) -> BabilongSample:
         c = self.config
         story = generate(self.qa, split, index, c.seed, self.facts_range)
         if c.length_tokens == 0:

@@ -101,9 +101,9 @@ _FACT_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     (kind, re.compile(pattern, re.IGNORECASE))
     for kind, pattern in (
         ("move", rf"{_A} (?:{_alternatives(MOVE_VERBS)}) the {_L}\."),
-        ("take", rf"{_A} (?:{_alternatives(TAKE_VERBS)}) the {_O} there\."),
+        ("take", rf"{_A} (?:{_alternatives(TAKE_VERBS)}) the {_O}(?: there)?\."),
         ("give", rf"{_A} (?:{_alternatives(GIVE_VERBS)}) the {_O} to {_A}\."),
-        ("drop", rf"{_A} (?:{_alternatives(DROP_VERBS)}) the {_O}\."),
+        ("drop", rf"{_A} (?:{_alternatives(DROP_VERBS)}) the {_O}(?: there)?\."),
         ("relation", rf"The {_L} is {_D} of the {_L}\."),
     )
 )
