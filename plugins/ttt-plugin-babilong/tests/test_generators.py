@@ -90,3 +90,23 @@ def test_splits_share_no_story(task: str) -> None:
 def test_fact_counts_follow_the_asked_range() -> None:
     lengths = {len(generate("qa1", "train", i, facts=(3, 4)).facts) for i in range(40)}
     assert lengths == {3, 4}
+
+
+def test_stories_and_noise_do_not_depend_on_the_process_hash_seed() -> None:
+    """String hashing (set order) differs between processes; samples must not."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import random; from ttt_plugin_babilong.generators import TASKS, generate\n"
+        "from ttt_plugin_babilong.noise import inject, load_corpus\n"
+        "for qa in TASKS:\n"
+        "    print([inject(generate(qa, 'train', i).facts, load_corpus(), 'train', 200, random.Random(i)) for i in range(15)])"
+    )
+    outputs = {
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+        for seed in ("1", "2")
+    }
+    assert len(outputs) == 1

@@ -154,7 +154,7 @@ class _Writer:
     def moves(self, toward_others: bool = False) -> list[Fact]:
         at = self.world.actor_at
         if toward_others:
-            places = set(at.values())
+            places = sorted(set(at.values()))  # sorted: set order changes with the hash seed
             return [Fact("move", a, loc) for a in self.actors for loc in places if at.get(a) != loc]
         return [Fact("move", a, loc) for a in self.actors for loc in LOCATIONS if at.get(a) != loc]
 
