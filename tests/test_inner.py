@@ -123,3 +123,15 @@ def test_single_learning_rate_is_1d_and_old_0d_checkpoints_load():
         assert loop.log_lr.shape == (1,) and loop.lr(0, 0).dim() == 0
         loop.load_state_dict({"log_lr": torch.tensor(math.log(0.25))})
         assert loop.log_lr.shape == (1,) and math.isclose(float(loop.lr(1, 0).detach()), 0.25, rel_tol=1e-6)
+
+
+def test_clipping_an_all_zero_gradient_keeps_second_order_gradients_finite() -> None:
+    """A row with no real token in a segment has an inner gradient of exactly zero; differentiating
+    through its clipped norm must not give NaN (sqrt's derivative at 0 is infinite)."""
+    from ttt_core.inner import clip_per_example
+
+    weight = torch.tensor([[1.0, 2.0], [0.0, 0.0]], requires_grad=True)
+    grad = weight * torch.tensor([[3.0], [0.0]])  # row 1: an all-zero gradient that depends on `weight`
+    (clipped,) = clip_per_example([grad], InnerConfig(steps=1, lr=1.0, clip_norm=1.0))
+    (outer,) = torch.autograd.grad(clipped.sum(), weight)
+    assert torch.isfinite(outer).all() and torch.equal(clipped[1], torch.zeros(2))

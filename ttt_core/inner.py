@@ -103,7 +103,9 @@ def clip_per_example(grads: list[Tensor], config: InnerConfig, lead: int = 1) ->
         grads = [g.clamp(-config.clip_value, config.clip_value) for g in grads]
     if config.clip_norm is not None:
         flat = [g.flatten(0, lead - 1) for g in grads]
-        scale = (config.clip_norm / (per_example_norm(flat) + 1e-6)).clamp(max=1.0)
+        # sqrt's derivative at an all-zero gradient (a row with no real token) is infinite: clamp first
+        norm = per_example_sq_norm(flat).clamp_min(1e-12).sqrt()
+        scale = (config.clip_norm / (norm + 1e-6)).clamp(max=1.0)
         grads = [(g * scale.view(-1, *([1] * (g.dim() - 1)))).view_as(original) for g, original in zip(flat, grads)]
     return grads
 

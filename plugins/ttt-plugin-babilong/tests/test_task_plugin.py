@@ -1,0 +1,122 @@
+"""Registration (torch-free), episodes and segments, the recipes, and a few training steps."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from ttt_core.errors import RecipeError
+from ttt_core.plugins import create_host
+from ttt_core.recipe import load_recipe
+from ttt_core.train.trainer import Trainer
+
+from ttt_plugin_babilong import plugin
+from ttt_plugin_babilong.babilong_config import BabilongConfig, parse_length
+from ttt_plugin_babilong.task import Babilong, segment_ids
+from ttt_plugin_babilong.tokenizer import count_tokens
+
+RECIPES = Path(__file__).parents[3] / "recipes"
+# the recipes live in the source tree; a plugin installed alone (tests/test_plugin_install.py) has none
+needs_recipes = pytest.mark.skipif(not RECIPES.is_dir(), reason="recipes live in the source tree")
+RECIPE_NAMES = [p.stem for p in sorted(RECIPES.glob("babilong_*.toml"))] if RECIPES.is_dir() else []
+
+
+@pytest.fixture(scope="module")
+def host():
+    return create_host(extra_plugins=(("babilong", plugin),))
+
+
+def test_plugin_module_imports_no_torch() -> None:
+    code = "import sys, ttt_plugin_babilong.plugin; print([m for m in ('torch', 'ttt_plugin_babilong.task') if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_tasks_are_registered_and_build(host) -> None:
+    registry = host.registry["task"]
+    for qa in ("qa1", "qa2", "qa3", "qa4", "qa5", "qa6", "qa7", "qa8"):
+        component = registry.get(f"babilong_{qa}")
+        task = component.build(BabilongConfig(val_samples=4, test_samples=4))
+        assert task.qa == qa and task.split_size("test") == 4
+
+
+def test_lengths_and_option_errors() -> None:
+    assert [parse_length(x) for x in ("0k", "1k", "4K", "1500", 7)] == [0, 1024, 4096, 1500, 7]
+    assert BabilongConfig(length="2k").length_name == "2k" and BabilongConfig(length="100").length_name == "100"
+    for options, message in (
+        ({"length": "1.5k"}, "option 'length'"),
+        ({"source": "loaded"}, "no 'path'"),
+        ({"segment_tokens": 8, "segment_sentences": 2}, "exclude each other"),
+        ({"min_facts": 5, "max_facts": 3}, "'min_facts' (5) > 'max_facts' (3)"),
+        ({"noise_paths": ["/nonexistent/book.txt"]}, "no such file"),
+    ):
+        with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            BabilongConfig(**options)
+
+
+def test_segments_pack_whole_sentences_up_to_the_budget() -> None:
+    sentences = [[1] * 3, [2] * 4, [3] * 2, [4] * 9, [5]]
+    assert segment_ids(sentences, None, None) == [[1] * 3 + [2] * 4 + [3] * 2 + [4] * 9 + [5]]
+    assert segment_ids(sentences, None, 2) == [[1] * 3 + [2] * 4, [3] * 2 + [4] * 9, [5]]
+    assert segment_ids(sentences, 7, None) == [[1] * 3 + [2] * 4, [3] * 2, [4] * 7, [4] * 2 + [5]]
+
+
+def test_episodes_hold_the_context_question_and_answer() -> None:
+    task = Babilong(BabilongConfig(length="200", segment_tokens=64, size=10), "qa1")
+    episode = task.batch("train", range(4))
+    assert episode.context.ids.shape == (4, 200) and bool(episode.context.mask.all())
+    joined = torch.cat([s.ids for s in episode.segments], dim=1)[torch.cat([s.mask for s in episode.segments], dim=1)]
+    assert torch.equal(joined, episode.context.ids.flatten())  # segments cut the context, row by row
+    assert all(s.ids.shape[1] <= 64 for s in episode.segments)
+    sample = task.sample("train", 2)
+    assert task.tokenizer.decode(episode.query.ids[2][episode.query.mask[2]]).lower() == sample.question.lower()
+    assert task.tokenizer.decode(episode.target.ids[2][episode.target.mask[2]]) == f"{sample.answer} [EOS]"
+    assert task.sample("train", 12) == task.sample("train", 2)  # the train stream cycles over `size`
+    assert count_tokens(sample.context) == 200
+
+
+def test_rows_with_fewer_segments_get_empty_ones() -> None:
+    task = Babilong(BabilongConfig(segment_sentences=2, min_facts=2, max_facts=6), "qa1")
+    samples = [task.sample("train", i) for i in range(8)]
+    episode = task.collate(samples)
+    assert episode.num_segments == max((len(s.sentences) + 1) // 2 for s in samples)
+    counts = episode.segments[-1].mask.any(dim=1)
+    assert not bool(counts.all()) and bool(counts.any())
+
+
+@needs_recipes
+@pytest.mark.parametrize("name", RECIPE_NAMES + ["tiny/babilong_qa1_tiny", "tiny/babilong_rmt4_qa1_tiny", "tiny/babilong_prmt4_qa1_tiny"])
+def test_recipes_validate(name: str) -> None:
+    if "rmt" in name:
+        pytest.importorskip("ttt_plugin_rmt")
+    host = create_host()
+    recipe = load_recipe(RECIPES / f"{name}.toml", registry=host.registry)
+    assert recipe["task"].name.startswith("babilong_qa")
+
+
+@needs_recipes
+def test_a_bad_option_is_a_one_line_error(host) -> None:
+    recipe = str(RECIPES / "tiny" / "babilong_qa1_tiny.toml")
+    with pytest.raises(RecipeError) as info:
+        load_recipe(recipe, ["task.segment_token=3"], registry=host.registry)
+    assert str(info.value) == f"{recipe}: [task] unknown option 'segment_token' (did you mean 'segment_tokens'?)"
+
+
+@needs_recipes
+@pytest.mark.parametrize("name", ["babilong_qa1_tiny", "babilong_rmt4_qa1_tiny", "babilong_prmt4_qa1_tiny"])
+def test_tiny_recipe_trains(tmp_path, name: str) -> None:
+    if "rmt" in name:
+        pytest.importorskip("ttt_plugin_rmt")
+    torch.set_num_threads(1)
+    overrides = ["train.steps=3", "train.log_every=1", "train.eval_every=3", "train.checkpoint_every=3",
+                 "train.batch_size=4", "eval.samples=4", "eval.val_samples=4", "eval.batch_size=4"]
+    recipe = load_recipe(RECIPES / "tiny" / f"{name}.toml", overrides, registry=create_host().registry)
+    report = Trainer(recipe, tmp_path, quiet=True).run()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if r["split"] == "train"]
+    assert len(losses) == 3 and all(0 < loss < 20 for loss in losses)
+    assert 0.0 <= report["test"]["exact_match"] <= 1.0
