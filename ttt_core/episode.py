@@ -100,6 +100,7 @@ def answer_loss(answer_logits: Tensor, target: Segment, denominator: Tensor | fl
     `denominator` replaces this batch's token count: data-parallel ranks divide by their share of the
     global count, so that averaging their losses gives the mean over the global batch.
     """
-    losses = F.cross_entropy(answer_logits.flatten(0, 1).float(), target.ids.flatten(), reduction="none")
+    dtype = torch.promote_types(answer_logits.dtype, torch.float32)  # float64 stays float64 (gradient checks)
+    losses = F.cross_entropy(answer_logits.flatten(0, 1).to(dtype), target.ids.flatten(), reduction="none")
     mask = target.mask.flatten().to(losses.dtype)
     return (losses * mask).sum() / (mask.sum().clamp(min=1) if denominator is None else denominator)

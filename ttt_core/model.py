@@ -26,8 +26,9 @@ class ReadOutput:
 
 
 def lm_loss_per_example(logits: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
-    """Next-token loss ``[B]``: ``logits[:, t]`` predicts ``ids[:, t]`` (logits are pre-shifted)."""
-    losses = F.cross_entropy(logits.transpose(1, 2).float(), ids, reduction="none")
+    """Next-token loss ``[B]``: ``logits[:, t]`` predicts ``ids[:, t]`` (logits are pre-shifted).
+    Computed in at least float32 (float64 stays float64, for gradient checks)."""
+    losses = F.cross_entropy(logits.transpose(1, 2).to(torch.promote_types(logits.dtype, torch.float32)), ids, reduction="none")
     weights = mask.to(losses.dtype)
     return (losses * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 

@@ -18,11 +18,12 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+from ttt_core.builtin.memory_tokens import WRITER, writer_state
 from ttt_core.episode import Segment
 from ttt_core.errors import TTTError
 from ttt_core.interfaces import InnerLearner, State
+from ttt_core.model import lm_loss_per_example
 
 from ttt_plugin_lora.lora_config import LoRAConfig
 
@@ -32,7 +33,6 @@ FUSED: dict[str, tuple[str, int, int]] = {
 }
 """LLaMA's weights (`ttt_core.builtin.llama`): role -> (weight, which row block, how many blocks)."""
 
-WRITER = "writer."
 A_KEY, B_KEY = "lora_A.", "lora_B."
 
 
@@ -61,19 +61,6 @@ def locate(targets: dict[str, tuple[int, int]], layer: int, role: str) -> Site:
     known = ", ".join(sorted(t for t in targets if t.startswith(f"layers.{layer}."))) or "none"
     raise TTTError(f"[memory.learner] lora: the backbone has no weight for role '{role}' in layer {layer} "
                    f"(its weights there: {known})")
-
-
-def lm_loss_per_example(logits: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
-    """Next-token loss ``[B]`` (``logits[:, t]`` predicts ``ids[:, t]``), computed in at least float32:
-    the core's version computes in float32 always, which would round away a float64 check."""
-    dtype = torch.promote_types(logits.dtype, torch.float32)
-    losses = F.cross_entropy(logits.transpose(1, 2).to(dtype), ids, reduction="none")
-    weights = mask.to(losses.dtype)
-    return (losses * weights).sum(1) / weights.sum(1).clamp_min(1.0)
-
-
-def writer_state(state: State) -> State:
-    return {k[len(WRITER):]: v for k, v in state.items() if k.startswith(WRITER)}
 
 
 class LoRA(nn.Module, InnerLearner):
@@ -166,7 +153,7 @@ class LoRA(nn.Module, InnerLearner):
 
     def forward(self, state: State, ids: Tensor, mask: Tensor, context: Segment | None = None) -> Tensor:
         """Logits where position t predicts ids[t + 1]."""
-        return self._logits(state, ids, mask, context)[:, self.tokens :]
+        return self._logits(state, ids, mask, context if self.writer.read_context else None)[:, self.tokens :]
 
 
 def build_lora(config: LoRAConfig, *, backbone: nn.Module, writer: nn.Module, **_: object) -> LoRA:

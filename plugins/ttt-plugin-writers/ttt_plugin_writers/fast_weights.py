@@ -42,7 +42,8 @@ def add_bias(x: Tensor, bias: Tensor) -> Tensor:
 def rms_norm(x: Tensor, weight: Tensor | None, eps: float = 1e-6) -> Tensor:
     if weight is None:
         return x
-    return x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps).to(x.dtype) * weight
+    wide = x.to(torch.promote_types(x.dtype, torch.float32))  # the mean square of bf16 in float32
+    return x * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + eps).to(x.dtype) * weight
 
 
 def masked_mean(x: Tensor, mask: Tensor | None) -> Tensor:
