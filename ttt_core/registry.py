@@ -30,6 +30,7 @@ FIRST_PARTY: dict[tuple[str, str], str] = {
     ("inner_learner", "ttt_linear"): "ttt-plugin-layers",
     ("inner_learner", "ttt_mlp"): "ttt-plugin-layers",
     ("backbone", "ttt_lm"): "ttt-plugin-layers",
+    ("backbone", "hf"): "ttt-plugin-hf",
     **{("task", f"babilong_qa{i}"): "ttt-plugin-babilong" for i in range(1, 21)},
     ("task", "babilong"): "ttt-plugin-babilong",
 }
