@@ -13,8 +13,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ttt_core.interfaces import MemoryWriter, State
-from ttt_plugin_writers.fast_weights import FastWeights, rms_norm
+from ttt_core.interfaces import State
+from ttt_plugin_writers.fast_weights import FastWeightWriter, FastWeights, rms_norm
 from ttt_plugin_writers.writer_config import CrossAttentionConfig
 
 
@@ -50,7 +50,7 @@ class SlotSelfAttention(nn.Module):
         return memory + attend(q, k, v, None, self.heads) @ self.out
 
 
-class CrossAttentionWriter(nn.Module, MemoryWriter):
+class CrossAttentionWriter(FastWeightWriter):
     def __init__(self, config: CrossAttentionConfig, *, dim: int) -> None:
         super().__init__()
         if dim % config.heads:
@@ -65,12 +65,6 @@ class CrossAttentionWriter(nn.Module, MemoryWriter):
         self.memory_norm = nn.Parameter(torch.ones(dim)) if with_norm else None
         self.context_norm = nn.Parameter(torch.ones(dim)) if with_norm else None
         self.rounds = nn.ModuleList(SlotSelfAttention(dim, config.heads) for _ in range(config.rounds))
-
-    def init_state(self, batch_size: int) -> State:
-        return self.weights.init_state(batch_size)
-
-    def memory_parameters(self) -> list[nn.Parameter]:
-        return self.weights.fast_parameters()
 
     def forward(self, state: State, memory: Tensor, context: Tensor | None, context_mask: Tensor | None) -> Tensor:
         w = self.weights.resolve(state)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ttt_core.interfaces import State
+from ttt_core.interfaces import MemoryWriter, State
 
 
 class FastWeights(nn.Module):
@@ -32,6 +32,19 @@ class FastWeights(nn.Module):
 
     def fast_parameters(self) -> list[nn.Parameter]:
         return [self.initial[name] for name in self.fast]
+
+
+class FastWeightWriter(nn.Module, MemoryWriter):
+    """A writer whose `weights` (a `FastWeights`) are its fast state; their initial values are the
+    memory parameters it reports (its other parameters are meta-learned only)."""
+
+    weights: FastWeights
+
+    def init_state(self, batch_size: int) -> State:
+        return self.weights.init_state(batch_size)
+
+    def memory_parameters(self) -> list[nn.Parameter]:
+        return self.weights.fast_parameters()
 
 
 def add_bias(x: Tensor, bias: Tensor) -> Tensor:

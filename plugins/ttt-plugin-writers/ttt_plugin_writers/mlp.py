@@ -13,14 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ttt_core.interfaces import MemoryWriter, State
-from ttt_plugin_writers.fast_weights import FastWeights, add_bias, masked_mean, rms_norm
+from ttt_core.interfaces import State
+from ttt_plugin_writers.fast_weights import FastWeightWriter, FastWeights, add_bias, masked_mean, rms_norm
 from ttt_plugin_writers.writer_config import MLPWriterConfig
 
 ACTIVATION = {"gelu": F.gelu, "silu": F.silu, "relu": F.relu, "tanh": torch.tanh}
 
 
-class MLPWriter(nn.Module, MemoryWriter):
+class MLPWriter(FastWeightWriter):
     def __init__(self, config: MLPWriterConfig, *, dim: int) -> None:
         super().__init__()
         self.read_context = config.read_context
@@ -36,12 +36,6 @@ class MLPWriter(nn.Module, MemoryWriter):
         self.weights = FastWeights(initial, tuple(initial))
         self.gate = nn.Parameter(torch.full((dim,), float(config.gate_init)))
         self.norm = nn.Parameter(torch.ones(dim)) if config.norm == "rms" else None
-
-    def init_state(self, batch_size: int) -> State:
-        return self.weights.init_state(batch_size)
-
-    def memory_parameters(self) -> list[nn.Parameter]:
-        return self.weights.fast_parameters()
 
     def forward(self, state: State, memory: Tensor, context: Tensor | None, context_mask: Tensor | None) -> Tensor:
         w = self.weights.resolve(state)
