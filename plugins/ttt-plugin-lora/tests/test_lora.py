@@ -10,8 +10,10 @@ from ttt_core.builtin.configs import MemoryTokensConfig
 from ttt_core.builtin.memory_tokens import MemoryTokens
 from ttt_core.episode import answer_loss
 from ttt_core.errors import TTTError
+from ttt_core.model import lm_loss_per_example
+from ttt_core.testing import assert_gradients_match_finite_differences
 
-from ttt_plugin_lora.lora import A_KEY, B_KEY, FUSED, lm_loss_per_example
+from ttt_plugin_lora.lora import A_KEY, B_KEY, FUSED
 
 ROWS = [[1, 2, 3, 4, 5, 6], [9, 10, 11], [2, 4, 6, 8, 10]]
 
@@ -67,13 +69,6 @@ def test_per_example_gradients_equal_a_loop_over_examples(kit, make_model):
             assert torch.allclose(adapted[k][b:b + 1], adapted_alone[k], atol=1e-5), k
 
 
-def outer_loss(logits: torch.Tensor, target) -> torch.Tensor:
-    """`answer_loss` in the logits' own precision (the core's computes in float32)."""
-    losses = torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.ids.flatten(), reduction="none")
-    mask = target.mask.flatten().to(losses.dtype)
-    return (losses * mask).sum() / mask.sum()
-
-
 def test_padding_changes_nothing(kit, make_model):
     """Padding columns (junk ids under the mask) change neither the inner loop, the answer, nor the
     outer gradient (float64: equal up to rounding, not up to float32's amplified by the inner steps)."""
@@ -82,7 +77,7 @@ def test_padding_changes_nothing(kit, make_model):
     for pad in (0, 3):
         model.zero_grad()
         out = model(kit.make_episode(pad_width=pad))
-        outer_loss(out.logits, kit.make_episode().target).backward()
+        answer_loss(out.logits, kit.make_episode().target).backward()
         results.append((out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
     (logits, grads), (padded_logits, padded_grads) = results
     assert torch.allclose(logits, padded_logits, atol=1e-10)
@@ -120,21 +115,9 @@ def test_second_order_gradient_matches_finite_differences(make_model, episode):
     params = [model.learner.lora_A["v"], model.learner.lora_B["up"], model.inner.log_lr]
 
     def loss() -> torch.Tensor:
-        return outer_loss(model(episode).logits, episode.target)
+        return answer_loss(model(episode).logits, episode.target)
 
-    grads = torch.autograd.grad(loss(), params)
-    eps = 1e-6
-    for p, g in zip(params, grads):
-        for index in (0, p.numel() // 2, p.numel() - 1):
-            flat = p.data.view(-1)
-            original = flat[index].item()
-            flat[index] = original + eps
-            plus = loss().item()
-            flat[index] = original - eps
-            minus = loss().item()
-            flat[index] = original
-            numeric = (plus - minus) / (2 * eps)
-            assert abs(g.view(-1)[index].item() - numeric) < 1e-6 * max(1.0, abs(numeric)), (p.shape, index)
+    assert_gradients_match_finite_differences(loss, params)
 
 
 def test_first_order_keeps_the_initial_adapters_and_rates_in_the_graph(make_model, episode):

@@ -17,8 +17,9 @@ from ttt_core.builtin.llama import Llama  # noqa: E402
 from ttt_core.builtin.memory_tokens import MemoryTokens  # noqa: E402
 from ttt_core.builtin.single import SingleSegment  # noqa: E402
 from ttt_core.config import InnerConfig  # noqa: E402
-from ttt_core.episode import Episode, Segment  # noqa: E402
+from ttt_core.episode import Episode  # noqa: E402
 from ttt_core.model import MetaModel  # noqa: E402
+from ttt_core.testing import padded_segment  # noqa: E402
 
 from ttt_plugin_writers.cross_attention import CrossAttentionWriter  # noqa: E402
 from ttt_plugin_writers.mlp import MLPWriter  # noqa: E402
@@ -51,14 +52,7 @@ def make_model(writer: str = "cross_attention", grad_mode: str = "second", steps
     return MetaModel(backbone, learner, built, recurrence or SingleSegment(SingleConfig()), inner)
 
 
-def segment(rows: Rows, pad_width: int = 0) -> Segment:
-    """Right-padded rows (ids >= 1); `pad_width` more columns of junk ids under the mask."""
-    seg = Segment.from_lists(rows)
-    if not pad_width:
-        return seg
-    b = seg.ids.shape[0]
-    return Segment(torch.cat([seg.ids, torch.full((b, pad_width), 7)], dim=1),
-                   torch.cat([seg.mask, torch.zeros(b, pad_width, dtype=torch.bool)], dim=1))
+segment = padded_segment
 
 
 CONTEXT = [[1, 2, 3, 4, 5, 6], [9, 10, 11], [2, 4, 6, 8, 10]]

@@ -6,6 +6,7 @@ import pytest
 import torch
 from ttt_core.episode import answer_loss
 from ttt_core.registry import Provider, ProviderRegistry, Registry
+from ttt_core.testing import assert_gradients_match_finite_differences
 from ttt_core.train.functional import FunctionalStep
 
 WRITERS = ("cross_attention", "mlp")
@@ -84,19 +85,7 @@ def test_second_order_gradient_matches_finite_differences(kit, writer):
     def loss() -> torch.Tensor:
         return answer_loss(model(episode).logits, episode.target)
 
-    grads = torch.autograd.grad(loss(), params)
-    eps = 1e-6
-    for p, g in zip(params, grads):
-        for index in (0, p.numel() // 2, p.numel() - 1):
-            flat = p.data.view(-1)
-            original = flat[index].item()
-            flat[index] = original + eps
-            plus = loss().item()
-            flat[index] = original - eps
-            minus = loss().item()
-            flat[index] = original
-            numeric = (plus - minus) / (2 * eps)
-            assert abs(g.view(-1)[index].item() - numeric) < 1e-6 * max(1.0, abs(numeric)), (p.shape, index)
+    assert_gradients_match_finite_differences(loss, params)
 
 
 @pytest.mark.parametrize("writer", WRITERS)
