@@ -220,6 +220,18 @@ class IndexedTask(Task):
     def split_size(self, split: str) -> int | None:
         """Samples in `split`; None for an endless one."""
 
+    def position(self, split: str, index: int) -> int:
+        """Which sample `index` of `split` is: the train split cycles (an endless one does not);
+        val and test are fixed sets and refuse indices past their end."""
+        size = self.split_size(split)
+        if size is None:
+            return index
+        if split == "train":
+            return index % size
+        if not 0 <= index < size:
+            raise IndexError(f"{split} index {index} out of range (size {size})")
+        return index
+
     def train_batch(self, step: int, batch_size: int) -> Episode:
         return self.batch("train", range(step * batch_size, (step + 1) * batch_size))
 

@@ -278,12 +278,7 @@ class AssociativeRetrieval(IndexedTask):
         return {"train": self.config.size, "val": self.config.val_samples, "test": self.config.test_samples}[split]
 
     def sample(self, split: str, index: int) -> ARSample:
-        """The train split cycles; val and test are fixed sets and refuse indices past their end."""
-        size = self.split_size(split)
-        if split == "train":
-            index %= size
-        elif not 0 <= index < size:
-            raise IndexError(f"{split} index {index} out of range (size {size})")
+        index = self.position(split, index)
         if split in self.loaded:
             return self.loaded[split][index]
         return sample(self.config, split, index, self.config.seed)
