@@ -24,6 +24,8 @@ def eager_and_functional(overrides: list[str], compile: bool = False, backend: s
     episode = eager.task.train_batch(0, 8)
     loss, out = step_loss(eager.model, episode)
     loss.backward()
+    if compile:
+        torch.compiler.reset()  # dynamo keeps 8 compiled steps per process: one per test model
     step = FunctionalStep(functional.model, compile=compile, backend=backend)
     f_loss, f_out = step(episode)
     return eager.model, functional.model, (loss, out), (f_loss, f_out)
@@ -133,6 +135,7 @@ def test_untraceable_component_is_refused_with_a_clear_error(monkeypatch):
         return out
 
     monkeypatch.setattr(recurrence, "forward", forward_with_autograd)
+    torch.compiler.reset()  # dynamo keeps 8 compiled steps per process: one per test model
     step = FunctionalStep(built.model, compile=True, backend="aot_eager")
     with pytest.raises(TTTError, match=r"cannot be traced .*autograd\.grad.*set train\.compile = false"):
         step(built.task.train_batch(0, 4))

@@ -86,6 +86,7 @@ def test_functional_step_packs_at_a_width_that_only_grows(assert_same_gradients)
     plain, packed, episode = two_models(["inner.grad_mode='second'"])
     loss, _ = step_loss(plain.model, episode)
     loss.backward()
+    torch.compiler.reset()  # dynamo keeps 8 compiled steps per process: one per test model
     step = FunctionalStep(packed.model, compile=True, backend="aot_eager")
     f_loss, _ = step(episode)
     assert torch.allclose(f_loss, loss.detach(), rtol=1e-6)

@@ -22,6 +22,7 @@ def gradients(precision: str, functional: bool, overrides: list[str]) -> tuple[f
     episode = built.task.train_batch(0, 8)
     if functional:
         with autocast(precision, "cpu"):
+            torch.compiler.reset()  # dynamo keeps 8 compiled steps per process: one per test model
             loss, _ = FunctionalStep(built.model, compile=True, backend="aot_eager")(episode)
     else:
         loss, _ = step_loss(built.model, episode, precision=precision)

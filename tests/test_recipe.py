@@ -4,6 +4,7 @@ import pytest
 
 from ttt_core.errors import RecipeError
 from ttt_core.recipe import apply_overrides, dumps_toml, load_raw, load_recipe, merge
+from ttt_core.registry import FIRST_PARTY
 
 BASE = """
 [task]
@@ -98,11 +99,14 @@ def test_unknown_component_lists_available(write):
     assert "single" in line.split("available: ")[1]
 
 
-def test_unknown_component_from_first_party_plugin(write):
-    path = write("x.toml", BASE + '[memory.writer]\nname = "neural_memory"\n')
+def test_unknown_component_from_first_party_plugin(write, monkeypatch):
+    """A first-party name that is not installed names its package (a name made up here: the dev
+    install has every first-party plugin)."""
+    monkeypatch.setitem(FIRST_PARTY, ("memory_writer", "future_writer"), "ttt-plugin-future")
+    path = write("x.toml", BASE + '[memory.writer]\nname = "future_writer"\n')
     assert problems(path) == [
-        f"{path}: [memory.writer] unknown memory writer 'neural_memory': it is provided by "
-        "ttt-plugin-writers (pip install ttt-plugin-writers)"
+        f"{path}: [memory.writer] unknown memory writer 'future_writer': it is provided by "
+        "ttt-plugin-future (pip install ttt-plugin-future)"
     ]
 
 

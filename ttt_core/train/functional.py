@@ -130,6 +130,12 @@ class FunctionalStep:
         # detached: the transform differentiates them; plain autograd need not record anything
         try:
             grads, (loss, logits, stats) = self.grad({k: p.detach() for k, p in named.items()}, self.pad(episode))
+        except torch._dynamo.exc.FailOnRecompileLimitHit as err:
+            raise TTTError(
+                "[train] compile: this process has compiled the training step for "
+                f"{torch._dynamo.config.recompile_limit} models or batch shapes already; call "
+                "torch.compiler.reset() before building another model's step"
+            ) from err
         except torch._dynamo.exc.TorchDynamoException as err:  # e.g. a component calling autograd.grad itself
             first = first_line(err)
             raise TTTError(

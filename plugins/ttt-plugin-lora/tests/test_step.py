@@ -27,6 +27,7 @@ def test_compiled_step_equals_eager(kit, make_model):
     loss = answer_loss(eager(episode).logits, episode.target)
     loss.backward()
     start = time.perf_counter()
+    torch.compiler.reset()  # dynamo keeps 8 compiled steps per process: one per test model
     f_loss, _ = FunctionalStep(traced, compile=True, backend="aot_eager")(episode)
     print(f"traced step ({mode}): {time.perf_counter() - start:.1f} s")
     assert torch.allclose(f_loss, loss.detach(), rtol=1e-6)

@@ -316,6 +316,7 @@ def test_compiled_training_step_equals_eager(inner: str, variant: str) -> None:
     loss.backward()
     logits, grads = out.logits.detach(), {name: p.grad for name, p in eager.named_parameters()}
     functional = make_model(config, **VARIANTS[variant])
+    torch.compiler.reset()  # dynamo keeps 8 compiled steps per process: one per test model
     f_loss, f_out = FunctionalStep(functional, compile=True, backend="aot_eager")(episode)
     tol = dict(atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(f_loss, loss.detach(), **tol)
