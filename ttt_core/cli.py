@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="ranks on this node for [distributed] backend = \"deepspeed\" (default: 1, or as many as the "
         "checkpoint being resumed was saved by)",
     )
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--quiet", action="store_true", help="no progress bar or progress lines (validation lines stay)")
     _add_set(run)
 
     evaluate = commands.add_parser("eval", help="evaluate a run's checkpoint")
@@ -134,7 +135,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from ttt_core.run import run_command
 
-    return run_command(args.recipe, out=args.out, overrides=args.overrides, nproc=args.nproc, quiet=args.quiet)
+    return run_command(args.recipe, out=args.out, overrides=args.overrides, nproc=args.nproc, quiet=args.quiet,
+                       command=args.command_line)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -170,7 +172,9 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.command_line = shlex.join(["ttt", *argv])
     if args.command is None:
         parser.print_help()
         return 0
@@ -182,9 +186,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print("\n".join(exc.lines), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("interrupted", file=sys.stderr)
-        return 130
+        return 128 + getattr(exc, "signum", 2)
 
 
 if __name__ == "__main__":

@@ -78,6 +78,14 @@ class TrainConfig:
     """CPU threads for torch (None: torch's default)."""
     init_from: str | None = None
     """A checkpoint (file or run directory) whose model weights start this run: curriculum stages."""
+    init_checkpoint: str = attrs.field(default="last", validator=one_of("last", "best"))
+    """Which checkpoint of the `init_from` run directory: its last, or its best by validation."""
+    keep_last: int = attrs.field(default=1, validator=positive)
+    """Checkpoints kept: `checkpoints/last.pt`, and with N > 1 also the N newest as `stepS.pt`."""
+    keep_best: bool = True
+    """Keep `checkpoints/best.pt`: the weights of the best validation headline metric so far."""
+    patience: int | None = attrs.field(default=None, validator=positive)
+    """Early stopping: validations in a row without a better headline before the run stops (None: never)."""
     compile: bool = False
     """Compute each step's outer gradient as one `torch.compile`d functional program
     (`ttt_core.train.functional`): inductor fuses the elementwise work of the inner loop's double
@@ -97,6 +105,24 @@ class EvalConfig:
     val_samples: int = attrs.field(default=500, validator=positive)
     """Validation samples evaluated every `train.eval_every` steps."""
     batch_size: int = attrs.field(default=250, validator=positive)
+
+
+def _logger_tables(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    for name, options in value.items():
+        if not isinstance(options, dict):
+            raise ValueError(f"option '{attribute.name}.{name}' must be a table of the logger's options "
+                             f"([logging.loggers.{name}])")
+
+
+@attrs.define
+class LoggingConfig:
+    """[logging]: where metrics go besides `metrics.jsonl` (always written)."""
+
+    tensorboard: bool = False
+    """Write TensorBoard event files to RUN/tensorboard (needs pip install 'ttt-core[tensorboard]')."""
+    loggers: dict[str, Any] = attrs.field(factory=dict, validator=_logger_tables)
+    """Plugin loggers (hook `ttt_metrics_loggers`) by name, each with its options:
+    `[logging.loggers.NAME]` (an empty table for none)."""
 
 
 @attrs.define
