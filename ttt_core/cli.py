@@ -107,6 +107,14 @@ def cmd_plugins(_args: argparse.Namespace) -> int:
             print(f"  ERROR: {info.error}")
         for kind, name in info.components:
             print(f"  {kind}: {name}")
+        for impl in host.manager.hook.ttt_metrics_loggers.get_hookimpls():
+            if impl.plugin_name == info.name:
+                try:
+                    names = sorted(impl.function() or {})
+                except Exception as exc:  # noqa: BLE001 - a plugin's hook
+                    names = [f"(ttt_metrics_loggers failed: {type(exc).__name__}: {exc})"]
+                for name in names:
+                    print(f"  logger: {name}  ([logging.loggers.{name}])")
     return 0
 
 
