@@ -144,7 +144,9 @@ class Trainer:
         return info
 
     def log(self, split: str, record: dict[str, Any]) -> None:
-        self.metrics.write({"step": self.step, "split": split, "time": self.elapsed, **record})
+        """A record to `metrics.jsonl` and every logger (the test result: to the loggers; report.json has it)."""
+        if split != "test":
+            self.metrics.write({"step": self.step, "split": split, "time": self.elapsed, **record})
         for logger in self.loggers:
             logger.log(split, self.step, {k: v for k, v in record.items() if k != "samples"} if split != "train" else record)
 
