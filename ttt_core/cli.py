@@ -43,15 +43,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bar or progress lines (validation lines stay)")
     _add_set(run)
 
-    evaluate = commands.add_parser("eval", help="evaluate a run's checkpoint")
+    evaluate = commands.add_parser("eval", help="evaluate a run's checkpoint (printed, and kept in RUN/eval/)")
     evaluate.add_argument("run_dir")
     evaluate.add_argument("--split", default="test", choices=("val", "test"))
-    evaluate.add_argument("--checkpoint", help="checkpoint file (default: the latest)")
+    evaluate.add_argument("--checkpoint", help="'last' (default), 'best' (the best validation), or a checkpoint file")
     _add_set(evaluate)
 
     plot = commands.add_parser("plot", help="write PNG learning curves of one or more runs")
-    plot.add_argument("run_dirs", nargs="+")
-    plot.add_argument("--out", default="curves.png", help="PNG file to write")
+    plot.add_argument("run_dirs", nargs="+", help="run directories (a curriculum's: its stages one after another)")
+    plot.add_argument("--out", help="PNG file to write (default: curves.png, or the first free curves-N.png)")
+    plot.add_argument("--force", action="store_true", help="replace --out if it exists")
+    plot.add_argument("--metric", help="a logged metric to draw for every split that logged it "
+                      "(default: training loss and the validation headline)")
+    plot.add_argument("--smooth", type=int, default=1, metavar="N", help="draw training curves as the mean of the last N records")
 
     data = commands.add_parser("data", help="print decoded samples of a recipe's task")
     data.add_argument("recipe")
@@ -156,7 +160,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from ttt_core.train.plot import plot_runs
 
-    print(plot_runs(args.run_dirs, args.out))
+    print(plot_runs(args.run_dirs, args.out, metric=args.metric, smooth=args.smooth, force=args.force))
     return 0
 
 
