@@ -29,10 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Meta-learned test-time-training memory: build, train and compare from TOML recipes.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks (also TTT_DEBUG=1)")
+    parser.add_argument("--version", action="version", version=version_text())
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = commands.add_parser("run", help="train a recipe (or resume a run directory)")
-    run.add_argument("recipe", help="a recipe .toml, or an existing run directory to resume")
+    run.add_argument("recipe", help="a recipe .toml, a shipped recipe's name (ttt recipes), or a run directory to resume")
     run.add_argument("--out", help="run directory (default: runs/<recipe name>)")
     run.add_argument(
         "--nproc",
@@ -74,9 +75,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("plugins", help="list plugins, their components and load errors")
 
-    list_ = commands.add_parser("list", help="list components with their options")
-    list_.add_argument("kind", nargs="?", help=f"one of: {', '.join(KINDS)}")
+    commands.add_parser("recipes", help="list the shipped recipes with their description and the plugins they need")
+
+    cp = commands.add_parser("cp", help="copy a shipped recipe to edit (its extends then name shipped recipes)")
+    cp.add_argument("name", help="a shipped recipe (ttt recipes), e.g. baseline_ar_n1 or tiny/baseline_ar_tiny")
+    cp.add_argument("dest", help="file or directory to write")
+    cp.add_argument("--force", action="store_true", help="replace dest if it exists")
+
+    list_ = commands.add_parser("list", help="list components (or a standard table) with each option's meaning and allowed values")
+    list_.add_argument("kind", nargs="?", help=f"one of: {', '.join(KINDS)}; or a table: {', '.join(TABLE_NAMES)}")
     return parser
+
+
+TABLE_NAMES = ("train", "eval", "inner", "distributed", "logging")
+
+
+def version_text() -> str:
+    from importlib import metadata
+
+    from ttt_core.plugins import core_version
+
+    try:
+        torch = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        torch = "not installed"
+    return f"ttt (ttt-core) {core_version()}, torch {torch}, Python {sys.version.split()[0]}"
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -122,13 +145,35 @@ def cmd_plugins(_args: argparse.Namespace) -> int:
     return 0
 
 
+def print_options(cls: type, indent: str) -> None:
+    """Each option: type, default, allowed values (from its validator) and meaning (its docstring)."""
+    import attrs
+
+    from ttt_core.recipe import options_of
+    from ttt_core.recipe.structure import describe_validator, option_docs
+
+    docs = option_docs(cls)
+    fields = {f.name: f for f in attrs.fields(cls)}
+    for name, type_, default in options_of(cls):
+        allowed = describe_validator(fields[name].validator)
+        print(f"{indent}{name}: {type_} = {default!r}" + (f"  ({allowed})" if allowed else ""))
+        if name in docs:
+            print(f"{indent}    {docs[name]}")
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from ttt_core.plugins import default_host
-    from ttt_core.recipe import options_of
+    from ttt_core.recipe import TABLES
 
+    if args.kind in TABLES:
+        print(f"[{args.kind}]: {(TABLES[args.kind].__doc__ or '').strip().split(': ', 1)[-1]}")
+        print_options(TABLES[args.kind], "  ")
+        return 0
     host = default_host()
     if args.kind is not None and args.kind not in KINDS:
-        raise TTTError(f"unknown kind '{args.kind}'{did_you_mean(args.kind, KINDS)}; kinds: {', '.join(KINDS)}")
+        known = [*KINDS, *TABLES]
+        raise TTTError(f"unknown kind '{args.kind}'{did_you_mean(args.kind, known)}; kinds: {', '.join(KINDS)}; "
+                       f"tables: {', '.join(TABLES)}")
     for kind in [args.kind] if args.kind else KINDS:
         print(f"{kind}:")
         for component in host.registry[kind]:
@@ -136,11 +181,29 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(f"  {component.name}{aliases}  [{component.provider.distribution} {component.provider.version}]")
             if component.description:
                 print(f"      {component.description}")
-            for name, type_, default in options_of(component.config):
-                print(f"      {name}: {type_} = {default!r}")
+            print_options(component.config, "      ")
     broken = host.broken()
     if broken:
         print("\nplugins that failed to load (see `ttt plugins`): " + ", ".join(broken))
+    if args.kind is None:
+        print(f"\nstandard tables (ttt list TABLE): {', '.join(TABLES)}")
+    return 0
+
+
+def cmd_recipes(_args: argparse.Namespace) -> int:
+    from ttt_core.recipe.catalog import recipe_rows
+
+    print(recipe_rows(), end="")
+    return 0
+
+
+def cmd_cp(args: argparse.Namespace) -> int:
+    from ttt_core.recipe.catalog import copy_recipe
+
+    written, notes = copy_recipe(args.name, args.dest, force=args.force)
+    for note in notes:
+        print(note, file=sys.stderr)
+    print(written)
     return 0
 
 
@@ -179,6 +242,8 @@ COMMANDS = {
     "show": cmd_show,
     "plugins": cmd_plugins,
     "list": cmd_list,
+    "recipes": cmd_recipes,
+    "cp": cmd_cp,
 }
 
 
@@ -198,6 +263,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print("\n".join(exc.lines), file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `ttt list | head`: the reader left; nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt as exc:
         print("interrupted", file=sys.stderr)
         return 128 + getattr(exc, "signum", 2)

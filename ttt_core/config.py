@@ -24,6 +24,7 @@ def one_of(*choices: str) -> Callable[[Any, attrs.Attribute, Any], None]:
                 f"got '{value}'{did_you_mean(str(value), choices)}"
             )
 
+    check.allowed = f"one of: {', '.join(choices)}"  # type: ignore[attr-defined]  # for `ttt list`
     return check
 
 
@@ -46,6 +47,10 @@ def non_negative(_instance: Any, attribute: attrs.Attribute, value: Any) -> None
         raise ValueError(f"option '{attribute.name}' must be >= 0; got {value}")
 
 
+positive.allowed = "> 0"  # type: ignore[attr-defined]
+non_negative.allowed = ">= 0"  # type: ignore[attr-defined]
+
+
 def in_range(low: float, high: float) -> Callable[[Any, attrs.Attribute, Any], None]:
     """attrs validator: low <= value <= high (integers or finite numbers)."""
 
@@ -54,6 +59,8 @@ def in_range(low: float, high: float) -> Callable[[Any, attrs.Attribute, Any], N
         if not low <= value <= high:
             raise ValueError(f"option '{attribute.name}' must be in [{low}, {high}]; got {value}")
 
+    shown = [str(x) if isinstance(x, int) and x < 10**6 else f"{x:g}" for x in (low, high)]
+    check.allowed = f"in [{shown[0]}, {shown[1]}]"  # type: ignore[attr-defined]
     return check
 
 
