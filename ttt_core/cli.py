@@ -42,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoint being resumed was saved by)",
     )
     run.add_argument("--quiet", action="store_true", help="no progress bar or progress lines (validation lines stay)")
+    run.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
+                     help="run the grid of these values (repeatable), one run directory each under --out, and "
+                     "print a summary table")
+    run.add_argument("--parallel", type=int, default=1, metavar="N", help="with --sweep: N runs at a time (subprocesses)")
     _add_set(run)
 
     evaluate = commands.add_parser("eval", help="evaluate a run's checkpoint (printed, and kept in RUN/eval/)")
@@ -209,6 +213,15 @@ def cmd_cp(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ttt_core.run import run_command
+
+    if args.sweep:
+        from ttt_core.train.sweep import run_sweep
+
+        if args.nproc not in (None, 1):
+            raise TTTError("--sweep trains each run in one process; leave out --nproc")
+        return run_sweep(args.recipe, args.out, args.overrides, args.sweep, parallel=args.parallel, quiet=args.quiet)
+    if args.parallel != 1:
+        raise TTTError("--parallel applies to --sweep only")
 
     return run_command(args.recipe, out=args.out, overrides=args.overrides, nproc=args.nproc, quiet=args.quiet,
                        command=args.command_line)
