@@ -9,7 +9,7 @@ import pytest
 
 from ttt_core.cli import main
 from ttt_core.errors import TTTError
-from ttt_core.train.sweep import grid, parse_sweeps, split_values
+from ttt_core.sweep import grid, parse_sweeps, split_values
 
 TINY = str(Path(__file__).parents[1] / "recipes" / "tiny" / "baseline_ar_tiny.toml")
 QUICK = ["--set", "eval.samples=8", "--set", "eval.val_samples=8", "--set", "train.steps=2", "--set", "train.eval_every=2"]

@@ -215,7 +215,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ttt_core.run import run_command
 
     if args.sweep:
-        from ttt_core.train.sweep import run_sweep
+        from ttt_core.sweep import run_sweep
 
         if args.nproc not in (None, 1):
             raise TTTError("--sweep trains each run in one process; leave out --nproc")
