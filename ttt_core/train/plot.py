@@ -13,7 +13,6 @@ k-1 ended), with a dashed line at each stage boundary. Percentages are zoomed to
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from ttt_core.errors import TTTError
 from ttt_core.recipe import tomllib
