@@ -183,7 +183,7 @@ CASES = [
      "recipe.toml: cannot write (permission denied or read-only file system)"),
     ("run: the disk fills up while saving a checkpoint",
      full_disk_at_checkpoint,
-     "last.pt: cannot write (no space left on the device)"),
+     ".pt: cannot write (no space left on the device)"),  # best.pt, at the first validation
     ("run: a run directory of another recipe",
      lambda s: ["run", TINY, "--out", str(s.run), "--quiet", *sets("backbone.layers=1")],
      "this run directory was made by another recipe (differs in: backbone.layers,"),

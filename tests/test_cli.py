@@ -48,5 +48,5 @@ def test_list_shows_options_and_unknown_kind(capsys):
 def test_help_lists_commands():
     result = run_cli("--help")
     assert result.returncode == 0
-    for command in ("run", "eval", "plot", "data", "validate", "show", "plugins", "list"):
+    for command in ("run", "eval", "plot", "data", "validate", "show", "plugins", "list", "recipes", "cp"):
         assert command in result.stdout

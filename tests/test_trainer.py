@@ -95,6 +95,7 @@ def test_non_finite_losses_skip_then_stop(tmp_path, monkeypatch):
 
 def test_cli_eval_and_plot(tmp_path, capsys):
     train(tmp_path / "run", "train.steps=2")
+    capsys.readouterr()  # the validation lines
     assert main(["eval", str(tmp_path / "run"), "--split", "val"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["split"] == "val" and result["samples"] == 16

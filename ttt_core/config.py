@@ -24,6 +24,7 @@ def one_of(*choices: str) -> Callable[[Any, attrs.Attribute, Any], None]:
                 f"got '{value}'{did_you_mean(str(value), choices)}"
             )
 
+    check.allowed = f"one of: {', '.join(choices)}"  # type: ignore[attr-defined]  # for `ttt list`
     return check
 
 
@@ -46,6 +47,10 @@ def non_negative(_instance: Any, attribute: attrs.Attribute, value: Any) -> None
         raise ValueError(f"option '{attribute.name}' must be >= 0; got {value}")
 
 
+positive.allowed = "> 0"  # type: ignore[attr-defined]
+non_negative.allowed = ">= 0"  # type: ignore[attr-defined]
+
+
 def in_range(low: float, high: float) -> Callable[[Any, attrs.Attribute, Any], None]:
     """attrs validator: low <= value <= high (integers or finite numbers)."""
 
@@ -54,6 +59,8 @@ def in_range(low: float, high: float) -> Callable[[Any, attrs.Attribute, Any], N
         if not low <= value <= high:
             raise ValueError(f"option '{attribute.name}' must be in [{low}, {high}]; got {value}")
 
+    shown = [str(x) if isinstance(x, int) and x < 10**6 else f"{x:g}" for x in (low, high)]
+    check.allowed = f"in [{shown[0]}, {shown[1]}]"  # type: ignore[attr-defined]
     return check
 
 
@@ -78,6 +85,14 @@ class TrainConfig:
     """CPU threads for torch (None: torch's default)."""
     init_from: str | None = None
     """A checkpoint (file or run directory) whose model weights start this run: curriculum stages."""
+    init_checkpoint: str = attrs.field(default="last", validator=one_of("last", "best"))
+    """Which checkpoint of the `init_from` run directory: its last, or its best by validation."""
+    keep_last: int = attrs.field(default=1, validator=positive)
+    """Checkpoints kept: `checkpoints/last.pt`, and with N > 1 also the N newest as `stepS.pt`."""
+    keep_best: bool = True
+    """Keep `checkpoints/best.pt`: the weights of the best validation headline metric so far."""
+    patience: int | None = attrs.field(default=None, validator=positive)
+    """Early stopping: validations in a row without a better headline before the run stops (None: never)."""
     compile: bool = False
     """Compute each step's outer gradient as one `torch.compile`d functional program
     (`ttt_core.train.functional`): inductor fuses the elementwise work of the inner loop's double
@@ -97,6 +112,24 @@ class EvalConfig:
     val_samples: int = attrs.field(default=500, validator=positive)
     """Validation samples evaluated every `train.eval_every` steps."""
     batch_size: int = attrs.field(default=250, validator=positive)
+
+
+def _logger_tables(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    for name, options in value.items():
+        if not isinstance(options, dict):
+            raise ValueError(f"option '{attribute.name}.{name}' must be a table of the logger's options "
+                             f"([logging.loggers.{name}])")
+
+
+@attrs.define
+class LoggingConfig:
+    """[logging]: where metrics go besides `metrics.jsonl` (always written)."""
+
+    tensorboard: bool = False
+    """Write TensorBoard event files to RUN/tensorboard (needs pip install 'ttt-core[tensorboard]')."""
+    loggers: dict[str, Any] = attrs.field(factory=dict, validator=_logger_tables)
+    """Plugin loggers (hook `ttt_metrics_loggers`) by name, each with its options:
+    `[logging.loggers.NAME]` (an empty table for none)."""
 
 
 @attrs.define

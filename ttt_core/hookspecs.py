@@ -19,6 +19,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from ttt_core.registry import ProviderRegistry
+    from ttt_core.train.tracking import LoggerFactory
 
 PROJECT = "ttt"
 
@@ -40,4 +41,19 @@ def ttt_register_components(registry: ProviderRegistry) -> None:
     kind receives is documented in ``ttt_core.interfaces``). Keep the module that holds this hook
     cheap to import: import torch and friends inside ``build_fn``, or give ``factory`` as a
     ``"package.module:function"`` string.
+    """
+
+
+@hookspec
+def ttt_metrics_loggers() -> dict[str, LoggerFactory | str]:
+    """Metrics loggers this plugin provides (W&B, MLflow, ...): ``{name: factory}``.
+
+    A recipe turns one on with a table ``[logging.loggers.NAME]`` whose keys are its options. On rank 0
+    of a run, ``factory(options, run_dir, recipe)`` (a callable, or a ``"package.module:function"``
+    string imported only then) returns an object with the methods of
+    ``ttt_core.train.tracking.MetricsLogger``: ``start(info)`` once (parameter count, device, command,
+    git commit, resolved recipe, step), ``log(split, step, values)`` for each record of
+    ``metrics.jsonl`` (training records are means over ``train.log_every`` steps) and ``close()`` when the
+    run ends, stops or fails. Raise ``ttt_core.errors.TTTError`` for bad options (one line). Keep the
+    module cheap to import: import the logging library inside the factory.
     """

@@ -3,6 +3,7 @@ share. It depends on the model and the episode only, never on the training loop 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -44,16 +45,17 @@ def is_finite(loss: torch.Tensor, out: Any) -> bool:
 
 def evaluate_totals(
     model: MetaModel, task, split: str, samples: int, batch_size: int, device, shard: tuple[int, int] = (0, 1),
-    precision: str = "fp32",
+    precision: str = "fp32", progress: Callable[[Iterable], Iterable] | None = None,
 ) -> tuple[dict[str, float], int]:
     """Summed loss and metrics over a fixed held-out set (batches `rank::world` for `shard`), and the
-    number of samples. The inner loop still needs autograd."""
+    number of samples. The inner loop still needs autograd. `progress` wraps the batches (a bar)."""
     rank, world = shard
     was_training = model.training
     model.eval()
     totals: dict[str, float] = {}
     count = 0
-    for index, episode in enumerate(task.eval_batches(split, samples, batch_size)):
+    batches = task.eval_batches(split, samples, batch_size)
+    for index, episode in enumerate(progress(batches) if progress is not None else batches):
         if index % world != rank:
             continue
         episode = episode.to(device)
@@ -73,7 +75,9 @@ def mean_of_totals(totals: dict[str, float], count: int) -> dict[str, float]:
 
 
 def evaluate(
-    model: MetaModel, task, split: str, samples: int, batch_size: int, device, precision: str = "fp32"
+    model: MetaModel, task, split: str, samples: int, batch_size: int, device, precision: str = "fp32",
+    progress: Callable[[Iterable], Iterable] | None = None,
 ) -> dict[str, float]:
     """Mean loss and metrics over a fixed held-out set."""
-    return mean_of_totals(*evaluate_totals(model, task, split, samples, batch_size, device, precision=precision))
+    totals = evaluate_totals(model, task, split, samples, batch_size, device, precision=precision, progress=progress)
+    return mean_of_totals(*totals)

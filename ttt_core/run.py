@@ -13,7 +13,8 @@ from ttt_core.train.checkpoint import checkpoint_dir, read_marker, write_text_at
 from ttt_core.train.rundir import make_run_dir, resolve_run, summary
 
 
-def run_command(recipe_or_dir: str, out: str | None, overrides: list[str], nproc: int | None = None, quiet: bool = False) -> int:
+def run_command(recipe_or_dir: str, out: str | None, overrides: list[str], nproc: int | None = None, quiet: bool = False,
+                command: str | None = None) -> int:
     recipe, run_dir = resolve_run(recipe_or_dir, out, overrides)
     deepspeed = recipe.distributed.backend == "deepspeed"
     if not deepspeed and nproc not in (None, 1):
@@ -24,7 +25,8 @@ def run_command(recipe_or_dir: str, out: str | None, overrides: list[str], nproc
     if recipe.stages:
         from ttt_core.train.stages import run_stages
 
-        run_stages(recipe, run_dir, quiet, train_stage=_deepspeed_stage(nproc, quiet) if deepspeed else None)
+        run_stages(recipe, run_dir, quiet, train_stage=_deepspeed_stage(nproc, quiet) if deepspeed else None,
+                   command=command)
         print(f"{run_dir}: {len(recipe.stages)} stages done (report.md)")
         return 0
     if deepspeed:
@@ -33,7 +35,7 @@ def run_command(recipe_or_dir: str, out: str | None, overrides: list[str], nproc
         return launch(recipe, run_dir, recipe_or_dir, list(overrides), _ranks(nproc, run_dir), quiet)
     from ttt_core.train.trainer import Trainer
 
-    report = Trainer(recipe, run_dir, quiet=quiet).run()
+    report = Trainer(recipe, run_dir, quiet=quiet, command=command).run()
     print(summary(run_dir, report))
     return 0
 

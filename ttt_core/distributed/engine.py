@@ -10,8 +10,9 @@ writes metrics and reports; metrics are averaged over ranks.
 
 Checkpoints: `engine.save_checkpoint` on every rank under one tag (`checkpoints/deepspeed/step{N}`), our
 own state (step, RNG of every rank, data position, recipe and its hash) in `client_state["ttt"]`; once
-every rank has returned, rank 0 atomically writes the marker naming the tag, then deletes older tags
-(`ttt_core.train.checkpoint` owns the format). A run killed at any point resumes from the last marked tag.
+every rank has returned, rank 0 atomically writes the marker naming the tag, then deletes the tags
+beyond the `train.keep_last` newest (`ttt_core.train.checkpoint` owns the format). `checkpoints/best.pt`
+holds rank 0's module weights (ZeRO 0-2 keep them whole on every rank), in the module's dtype. A run killed at any point resumes from the last marked tag.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from ttt_core.distributed.launch import check_resume_world, import_deepspeed
 from ttt_core.errors import TTTError, first_line
 from ttt_core.objective import evaluate_totals, is_finite, mean_of_totals, step_loss
 from ttt_core.recipe import Recipe, dumps_toml
-from ttt_core.train.backends import Progress, StepContext
+from ttt_core.train.backends import Progress, StepContext, eval_progress, save_best
 from ttt_core.train.checkpoint import checkpoint_dir, deepspeed_weights_only, read_marker, write_marker
 
 
@@ -127,14 +128,20 @@ class DeepSpeedStep:
             "recipe": resolved,
             "recipe_sha256": hashlib.sha256(dumps_toml(resolved).encode()).hexdigest(),
             "world_size": self.world,
+            **progress.extra(),
         }
         self.engine.save_checkpoint(str(self.checkpoint_dir), tag=tag, client_state={"ttt": ours}, save_latest=False)
         dist.barrier()  # every rank's files are written: only now is the tag complete
         if c.is_main:
             write_marker(self.checkpoint_dir, tag, progress.step, self.world, self.engine.zero_optimization_stage())
-            for old in self.checkpoint_dir.glob("step*"):
-                if old.name != tag and old.is_dir():
-                    shutil.rmtree(old, ignore_errors=True)
+            tags = sorted((int(d.name[4:]), d) for d in self.checkpoint_dir.glob("step*")
+                          if d.is_dir() and d.name[4:].isdigit() and d.name != tag)
+            for _, old in tags[: max(0, len(tags) - (c.recipe.train.keep_last - 1))]:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def save_best(self, progress: Progress) -> None:
+        if self.context.is_main:
+            save_best(self.context, progress)
 
     def load(self) -> Progress:
         marker = read_marker(self.checkpoint_dir)
@@ -153,7 +160,7 @@ class DeepSpeedStep:
         if not isinstance(ours, dict):
             raise TTTError(f"{tag_dir}: not a checkpoint of a ttt run (no 'ttt' client state)")
         set_rng_state(ours["rng"][self.rank] if ours["world_size"] == self.world else ours["rng"][0])
-        return Progress(ours["step"], ours["bad_steps"], ours["elapsed"])
+        return Progress.from_state(ours)
 
     # --- the step ---------------------------------------------------------------------------------
 
@@ -252,7 +259,8 @@ class DeepSpeedStep:
 
         c = self.context
         shard = evaluate_totals(c.model, c.task, split, samples, c.recipe.eval.batch_size, c.device,
-                                shard=(self.rank, self.world), precision=c.recipe.train.precision)
+                                shard=(self.rank, self.world), precision=c.recipe.train.precision,
+                                progress=eval_progress(c, split, samples) if c.is_main else None)
         gathered: list[Any] = [None] * self.world
         dist.all_gather_object(gathered, shard)
         totals: dict[str, float] = {}

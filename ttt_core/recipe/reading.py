@@ -12,8 +12,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ttt_core.errors import RecipeError
+from ttt_core.errors import RecipeError, did_you_mean
 from ttt_core.recipe.overrides import tomllib
+from ttt_core.recipe.shipped import find_shipped, shipped_names
 
 FILE_PATHS: tuple[tuple[str, str], ...] = (("distributed", "deepspeed_config"), ("train", "init_from"))
 """(table, option) of the paths a recipe file writes relative to itself."""
@@ -94,30 +95,41 @@ def absolute_file_paths(data: dict[str, Any], overrides: dict[str, Any]) -> None
             data[table][option] = os.path.abspath(value)
 
 
-def load_raw(path: str | Path, _chain: tuple[Path, ...] = (), relative_to_file: bool = True) -> dict[str, Any]:
-    """The recipe's TOML with every `extends` resolved (bases first, this file on top).
+def load_raw(
+    path: str | Path, _chain: tuple[Path, ...] = (), relative_to_file: bool = True, anchor: Path | None = None,
+) -> dict[str, Any]:
+    """The recipe's TOML with every `extends` resolved (bases first, this file on top). A base is a
+    path relative to the file, or else the name of a shipped recipe (`ttt recipes`).
 
-    `relative_to_file`: resolve FILE_PATHS against the file's directory; off for a recipe a run
-    directory stored, whose paths were resolved when it was written (or, by earlier versions, left
-    relative to the working directory)."""
+    `relative_to_file`: resolve FILE_PATHS against the file's directory (`anchor` instead, when given:
+    a shipped recipe run by name); off for a recipe a run directory stored, whose paths were resolved
+    when it was written (or, by earlier versions, left relative to the working directory).
+
+    Paths are made absolute without following links, so that `recipes/` of a clone (a link to
+    `ttt_core/recipes/`) resolves `../runs/x` next to itself; cycles are found on the real files."""
     path = Path(path)
+    absolute = Path(os.path.abspath(path))
     resolved = path.resolve()
-    shown = display(resolved) if _chain else str(path)
+    shown = display(absolute) if _chain else str(path)
     if resolved in _chain:
         cycle = " -> ".join(display(p) for p in (*_chain, resolved))
         raise RecipeError(f"{display(_chain[0])}: extends cycle: {cycle}")
     data = read_toml(resolved, shown)
     if relative_to_file:
-        _resolve_file_paths(data, resolved.parent)
+        _resolve_file_paths(data, anchor if anchor is not None else absolute.parent)
     extends = data.pop("extends", [])
     if isinstance(extends, str):
         extends = [extends]
     if not isinstance(extends, list) or not all(isinstance(e, str) for e in extends):
-        raise RecipeError(f"{shown}: 'extends' must be a list of file paths")
+        raise RecipeError(f"{shown}: 'extends' must be a list of file paths or shipped recipe names")
     merged: dict[str, Any] = {}
     for base in extends:
-        base_path = resolved.parent / base
+        base_path = Path(os.path.normpath(absolute.parent / base))
         if not base_path.exists():
-            raise RecipeError(f"{shown}: extends '{base}': file not found ({display(base_path)})")
+            shipped = find_shipped(base)
+            if shipped is None:
+                raise RecipeError(f"{shown}: extends '{base}': file not found ({display(base_path)}), nor a shipped "
+                                  f"recipe{did_you_mean(base.removesuffix('.toml'), shipped_names())} (ttt recipes)")
+            base_path = shipped
         merged = merge(merged, load_raw(base_path, (*_chain, resolved)))
     return merge(merged, data)

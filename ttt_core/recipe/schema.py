@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 
-from ttt_core.config import DistributedConfig, EvalConfig, InnerConfig, TrainConfig
+from ttt_core.config import DistributedConfig, EvalConfig, InnerConfig, LoggingConfig, TrainConfig
 from ttt_core.kinds import KINDS_TABLE
 from ttt_core.recipe.overrides import set_path
 from ttt_core.recipe.structure import CONVERTER
@@ -23,6 +23,7 @@ TABLES: dict[str, type] = {
     "eval": EvalConfig,
     "distributed": DistributedConfig,
     "inner": InnerConfig,
+    "logging": LoggingConfig,
 }
 """the standard tables every recipe has"""
 STAGE_KEYS = ("name", "steps", "set")
@@ -83,6 +84,7 @@ class Recipe:
     eval: EvalConfig
     distributed: DistributedConfig
     inner: InnerConfig
+    logging: LoggingConfig = attrs.field(factory=LoggingConfig)
     requires: tuple[str, ...] = ()
     deepspeed: dict[str, Any] | None = None
     stages: tuple[Stage, ...] = ()

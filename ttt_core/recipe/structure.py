@@ -155,3 +155,50 @@ def options_of(cls: type) -> list[tuple[str, str, Any]]:
         kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
         rows.append((field.name, str(kind), default))
     return rows
+
+
+def describe_validator(validator: Any) -> str | None:
+    """What values a validator allows, for `ttt list`: our validators' `allowed`, attrs' own
+    (`in_`, `and_`, `optional`), else the first line of its docstring."""
+    if validator is None:
+        return None
+    allowed = getattr(validator, "allowed", None)
+    if isinstance(allowed, str):
+        return allowed
+    options = getattr(validator, "options", None)
+    if options is not None:
+        return "one of: " + ", ".join(map(str, options))
+    inner = getattr(validator, "_validators", None)
+    if inner is not None:
+        parts = [d for d in map(describe_validator, inner) if d]
+        return "; ".join(parts) or None
+    wrapped = getattr(validator, "validator", None)
+    if wrapped is not None:
+        described = describe_validator(wrapped)
+        return f"{described}, or none" if described else None
+    doc = getattr(validator, "__doc__", None)
+    if doc and not isinstance(validator, type) and type(validator).__doc__ != doc:
+        return doc.strip().splitlines()[0]
+    return None
+
+
+def option_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of an attrs class (and its bases), read from the source:
+    attrs keeps no field docstrings. {} where the source is not available."""
+    import ast
+    import inspect
+    import textwrap
+
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError, SyntaxError):
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for stmt, after in zip(body, body[1:]):
+            if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
+                    and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                    and isinstance(after.value.value, str)):
+                docs[stmt.target.id] = " ".join(inspect.cleandoc(after.value.value).split())
+    return docs

@@ -18,6 +18,7 @@ from ttt_core.errors import RecipeError, RegistryError, did_you_mean
 from ttt_core.kinds import BY_SLOT, OPTIONAL_SLOTS
 from ttt_core.recipe.overrides import apply_overrides, get_path, parse_override
 from ttt_core.recipe.reading import absolute_file_paths, display, load_raw
+from ttt_core.recipe.shipped import recipe_path
 from ttt_core.recipe.schema import DEFAULT_SLOTS, SLOTS, TABLES, TOP_LEVEL_KEYS, ComponentSpec, Recipe
 from ttt_core.recipe.stages import build_staged
 from ttt_core.recipe.structure import describe, structure_options
@@ -254,6 +255,8 @@ def load_recipe(
         host = default_host()
         registry, broken = host.registry, host.broken()
     overrides = list(overrides)
-    data = apply_overrides(load_raw(path, relative_to_file=not stored), overrides)
+    file, shipped = (Path(path), False) if stored else recipe_path(path)
+    anchor = Path.cwd() / "recipes" if shipped else None  # as if it lay in ./recipes of a clone
+    data = apply_overrides(load_raw(file, relative_to_file=not stored, anchor=anchor), overrides)
     absolute_file_paths(data, {".".join(keys): value for keys, value in map(parse_override, overrides)})
     return build_recipe(data, str(path), registry, broken, drop_unused_slots=stored)

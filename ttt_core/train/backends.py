@@ -11,6 +11,7 @@ live here; `ttt_core.distributed.engine.DeepSpeedStep` is the DeepSpeed one.
 from __future__ import annotations
 
 import math
+import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -21,7 +22,7 @@ import torch
 from ttt_core.errors import TTTError, first_line
 from ttt_core.objective import autocast, evaluate, is_finite, step_loss
 from ttt_core.recipe import Recipe
-from ttt_core.train.checkpoint import PLAIN, load_checkpoint, load_weights, save_atomic
+from ttt_core.train.checkpoint import BEST, PLAIN, keep_step_copy, load_checkpoint, load_weights, save_atomic
 
 
 @attrs.define
@@ -31,6 +32,23 @@ class Progress:
     step: int = 0
     bad_steps: int = 0
     elapsed: float = 0.0
+    best: float | None = None
+    """The best validation headline metric so far (None: not validated yet)."""
+    best_step: int | None = None
+    stale: int = 0
+    """Validations since the best one (early stopping counts these)."""
+    window: dict[str, Any] = attrs.field(factory=dict)
+    """The sums of the logging window not logged yet (`ttt_core.train.tracking.Window.state`)."""
+
+    def extra(self) -> dict[str, Any]:
+        """What a checkpoint stores besides step, bad_steps and elapsed."""
+        return {"best": self.best, "best_step": self.best_step, "stale": self.stale, "window": self.window}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Progress:
+        """From a checkpoint's keys (one written before best tracking has none of the extras)."""
+        return cls(state["step"], state["bad_steps"], state["elapsed"], state.get("best"), state.get("best_step"),
+                   state.get("stale", 0), state.get("window") or {})
 
 
 @attrs.define
@@ -44,6 +62,8 @@ class StepContext:
     device: torch.device
     run_dir: Path
     rank: int = 0
+    console: Any = None
+    """The run's `ttt_core.train.console.Console` (evaluation bars, compile notes); None: silent."""
 
     @property
     def is_main(self) -> bool:
@@ -68,6 +88,9 @@ class StepBackend(Protocol):
 
     def save(self, progress: Progress) -> None: ...
 
+    def save_best(self, progress: Progress) -> None:
+        """Keep the current weights as `checkpoints/best.pt` (rank 0 writes; progress.best is their score)."""
+
     def train_step(self, step: int) -> dict[str, Any] | None:
         """One optimizer step: its record of metrics, or None if it was skipped for a non-finite loss."""
 
@@ -88,6 +111,8 @@ class LocalStep(ABC):
     `checkpoints/last.pt`."""
 
     context: StepContext
+    checkpoints_on_signal = True
+    """Ctrl-C / SIGTERM: the trainer finishes the step and writes a checkpoint (one process only)."""
 
     def bind(self, context: StepContext) -> None:
         self.context = context
@@ -116,8 +141,15 @@ class LocalStep(ABC):
             "optimizer": c.optimizer.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "recipe": c.recipe.resolved(),
+            **progress.extra(),
         }
         save_atomic(state, self.checkpoint_path)
+        keep_step_copy(self.checkpoint_path, progress.step, c.recipe.train.keep_last)
+
+    def save_best(self, progress: Progress) -> None:
+        if not self.context.is_main:
+            return
+        save_best(self.context, progress)
 
     def load(self) -> Progress:
         path, c = self.checkpoint_path, self.context
@@ -135,11 +167,12 @@ class LocalStep(ABC):
                 f"of an earlier version groups parameters differently); continue from its weights with a fresh "
                 f"optimizer: ttt run {c.recipe.source} --out NEW_DIR --set \"train.init_from='{c.run_dir}'\""
             ) from None
-        return Progress(state["step"], state["bad_steps"], state["elapsed"])
+        return Progress.from_state(state)
 
     def evaluate(self, split: str, samples: int) -> dict[str, float]:
         c = self.context
-        return evaluate(c.model, c.task, split, samples, c.recipe.eval.batch_size, c.device, c.recipe.train.precision)
+        return evaluate(c.model, c.task, split, samples, c.recipe.eval.batch_size, c.device, c.recipe.train.precision,
+                        progress=eval_progress(c, split, samples))
 
     @abstractmethod
     def _loss(self, episode) -> tuple[torch.Tensor, Any]:
@@ -184,10 +217,45 @@ class CompiledStep(LocalStep):
 
         if getattr(self, "functional", None) is None:
             self.functional = FunctionalStep(self.context.model, compile=True)
+            self.compiled = False
+
+    def train_step(self, step: int) -> dict[str, Any] | None:
+        """The first step compiles (minutes on CPU): say so, and how long it took."""
+        if self.compiled:
+            return super().train_step(step)
+        console = self.context.console
+        if console is not None:
+            console.note("compiling the training step (torch.compile; the first step takes minutes on a CPU) ...")
+        started = time.perf_counter()
+        record = super().train_step(step)
+        self.compiled = True
+        if console is not None:
+            console.note(f"compiled the training step in {time.perf_counter() - started:.1f} s")
+        return record
 
     def _loss(self, episode) -> tuple[torch.Tensor, Any]:
         with autocast(self.context.recipe.train.precision, self.context.device):
             return self.functional(episode)
+
+
+def eval_progress(context: StepContext, split: str, samples: int):
+    """The evaluation bar of the run's console (None without one)."""
+    console = context.console
+    if console is None:
+        return None
+    return lambda batches: console.evaluating(batches, split, samples, context.recipe.eval.batch_size)
+
+
+def save_best(context: StepContext, progress: Progress) -> None:
+    """`checkpoints/best.pt`: the weights and where they scored (no optimizer: it starts runs, is evaluated)."""
+    state = {
+        "step": progress.step,
+        "model": {k: v.detach().to("cpu") for k, v in context.model.state_dict().items()},
+        "metric": context.task.headline,
+        "value": progress.best,
+        "recipe": context.recipe.resolved(),
+    }
+    save_atomic(state, context.run_dir / BEST)
 
 
 def default_backend(recipe: Recipe) -> StepBackend:

@@ -1,10 +1,12 @@
 """Every checkpoint format a run directory holds, written atomically and read without running code.
 
-A run directory holds either `checkpoints/last.pt` (one process: step, model, optimizer, RNG, recipe)
-or a DeepSpeed checkpoint under `checkpoints/deepspeed/`: one directory per tag written by every
+A run directory holds either `checkpoints/last.pt` (one process: step, model, optimizer, RNG, recipe;
+with `train.keep_last = N > 1` also the N newest as `checkpoints/stepS.pt`, hard links where the file
+system allows) or a DeepSpeed checkpoint under `checkpoints/deepspeed/`: one directory per tag written by every
 rank (`engine.save_checkpoint`), and the marker `last.json` naming the last complete tag, written by
 rank 0 once every rank has saved. `load_model_state` reads both (`ttt eval`, `train.init_from`);
-`consolidate` turns a DeepSpeed tag into a plain state dict on CPU, without processes.
+Either kind may hold `checkpoints/best.pt`: the weights (no optimizer) at the best validation
+headline metric so far (`train.keep_best`). `consolidate` turns a DeepSpeed tag into a plain state dict on CPU, without processes.
 
 Loading never runs code: every `torch.load` here is `weights_only=True` (a pickle naming any other
 callable is refused). DeepSpeed's own files hold three of its classes: they are allowed by name
@@ -21,6 +23,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +34,9 @@ import torch
 from ttt_core.errors import TTTError, first_line
 
 PLAIN = Path("checkpoints") / "last.pt"
+BEST = Path("checkpoints") / "best.pt"
+CHOICES = ("last", "best")
+"""What `train.init_checkpoint` and `ttt eval --checkpoint` may name instead of a file."""
 DEEPSPEED = Path("checkpoints") / "deepspeed"
 MARKER = "last.json"
 DEEPSPEED_MODEL_STATES = "mp_rank_00_model_states.pt"
@@ -82,6 +88,40 @@ def write_text_atomic(path: Path, text: str) -> None:
     """Readers (other ranks, a resumed run) see the old file or the new one, never a partial one."""
     with _writing(Path(path), "w") as handle:
         handle.write(text)
+
+
+def _step_files(directory: Path) -> list[tuple[int, Path]]:
+    found = []
+    for path in directory.glob("step*.pt"):
+        digits = path.stem.removeprefix("step")
+        if digits.isdigit():
+            found.append((int(digits), path))
+    return sorted(found)
+
+
+def keep_step_copy(last: Path, step: int, keep: int) -> None:
+    """After `last` (a plain checkpoint) was written at `step`: keep it also as `stepS.pt` when
+    `keep` > 1, and remove the step files beyond the `keep` newest (all of them when `keep` is 1)."""
+    last = Path(last)
+    if keep > 1:
+        copy = last.with_name(f"step{step}.pt")
+        tmp = _tmp_path(copy)
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            try:
+                os.link(last, tmp)  # no second copy of the bytes where the file system allows
+            except OSError:
+                shutil.copyfile(last, tmp)
+            os.replace(tmp, copy)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise TTTError(f"{copy}: cannot write ({describe_os_error(exc)})") from None
+    files = _step_files(last.parent)
+    for _, old in files[: max(0, len(files) - keep)] if keep > 1 else files:
+        with contextlib.suppress(FileNotFoundError):
+            old.unlink()
 
 
 # --- reading --------------------------------------------------------------------------------------
@@ -140,10 +180,17 @@ def has_checkpoint(run_dir: Path) -> bool:
     return (run_dir / PLAIN).exists() or (checkpoint_dir(run_dir) / MARKER).exists()
 
 
-def load_model_state(source: str | Path) -> tuple[Path, dict[str, Any]]:
-    """(path, {"model": plain state dict, "step": ...}) from a checkpoint file, a run directory, or a
-    DeepSpeed checkpoint (its directory or one tag in it), consolidated on CPU without processes."""
+def load_model_state(source: str | Path, which: str = "last") -> tuple[Path, dict[str, Any]]:
+    """(path, {"model": plain state dict, "step": ...}) from a checkpoint file, a run directory (its
+    `which` checkpoint: "last" or "best"), or a DeepSpeed checkpoint (its directory or one tag in it),
+    consolidated on CPU without processes."""
     path = Path(source)
+    if path.is_dir() and which == "best":
+        best = path / BEST
+        if not best.exists():
+            raise TTTError(f"{path}: no best checkpoint ({BEST} is missing: the run has not validated yet, or "
+                           "ran with train.keep_best = false); name 'last' instead")
+        return best, _with_model(best, load_checkpoint(best))
     if path.is_dir():
         plain = path / PLAIN
         if plain.exists():

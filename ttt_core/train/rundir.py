@@ -10,9 +10,11 @@ holds only the recipe (a run stopped before its first step) is taken over. A run
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import platform
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +30,12 @@ from ttt_core.train.checkpoint import describe_os_error, has_checkpoint, write_t
 # (`init_from` only matters when a run starts: a resumed run loads its own checkpoint; `compile`
 # computes the same gradients, up to float rounding.)
 RESUMABLE_CHANGES = {
-    ("train", k) for k in ("steps", "eval_every", "checkpoint_every", "log_every", "threads", "init_from", "compile")
+    ("train", k) for k in ("steps", "eval_every", "checkpoint_every", "log_every", "threads", "init_from", "compile",
+                           "init_checkpoint", "keep_last", "keep_best", "patience")
 } | {
     ("distributed", "timeout_s")
+} | {
+    ("logging", k) for k in ("tensorboard", "loggers")
 }
 RESULTS = ("metrics.jsonl", "report.json")  # besides a checkpoint: what a run has produced
 PERCENT_METRICS = ("exact_match", "accuracy")
@@ -133,6 +138,38 @@ def versions() -> dict[str, str]:
     return found
 
 
+def git_commit(directory: Path | None = None) -> str | None:
+    """The commit checked out where the run was started (`-dirty` with uncommitted changes to tracked
+    files), or None outside a git work tree."""
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=directory, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return None
+    return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def run_info(model: torch.nn.Module, device: torch.device, command: str) -> dict[str, Any]:
+    """What a run records of itself at start: parameter count, device, command, commit, time."""
+    parameters = list(model.parameters())
+    name = str(device)
+    if device.type == "cuda":
+        name += f" ({torch.cuda.get_device_name(device)})"
+    return {
+        "parameters": sum(p.numel() for p in parameters),
+        "trainable_parameters": sum(p.numel() for p in parameters if p.requires_grad),
+        "device": name,
+        "command": command,
+        "git_commit": git_commit(),
+        "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+
+
 # --- metrics.jsonl --------------------------------------------------------------------------------
 
 
@@ -210,36 +247,72 @@ def _format_loss(value: float | None) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{value:.4f}"
 
 
+def validation_summary(run_dir: Path, headline: str, higher_is_better: bool = True) -> dict[str, Any]:
+    """The best and the final validation record of a run's metrics log ({} when it has none)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    val = [r for r in parse_metrics(path) if r.get("split") == "val"] if path.exists() else []
+    if not val:
+        return {}
+    scored = [r for r in val if isinstance(r.get(headline), (int, float)) and math.isfinite(r[headline])]
+    best = None
+    for r in scored:
+        if best is None or (r[headline] > best[headline] if higher_is_better else r[headline] < best[headline]):
+            best = r
+    keep = ("step", "loss", headline)
+    return {"best_val": {k: best.get(k) for k in keep} if best else None, "final_val": {k: val[-1].get(k) for k in keep}}
+
+
 def write_report(run_dir: Path, report: dict[str, Any], recipe: Recipe) -> None:
+    """report.json (everything) and report.md (the table a person reads)."""
+    headline = report.get("headline", "exact_match")
+    report.update(validation_summary(run_dir, headline, report.get("higher_is_better", True)))
     write_text_atomic(run_dir / "report.json", dumps_json(report))
     task = recipe.data.get("task", {})
     dataset = task.get("dataset", task.get("name", "?"))
-    headline = report.get("headline", "exact_match")
+    label = metric_label(headline)
+
+    def val(which: str) -> str:
+        row = report.get(which)
+        return f"{format_metric(headline, row.get(headline))} (step {row['step']})" if row else "n/a"
+
+    steps = f"{report['steps']}" + (" (early stop)" if report.get("stopped_early") else "")
     lines = [
         f"# {run_dir.name}",
         "",
-        f"| recipe | dataset | steps | train time (s) | test samples | test loss | test {metric_label(headline)} |",
-        "|---|---|---|---|---|---|---|",
-        f"| {recipe.source} | {dataset} | {report['steps']} | {report['train_time_s']} | "
-        f"{report['test']['samples']} | {_format_loss(report['test']['loss'])} | "
+        f"| recipe | dataset | steps | train time (s) | best val {label} | final val {label} | test samples "
+        f"| test loss | test {label} |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| {recipe.source} | {dataset} | {steps} | {report['train_time_s']} | {val('best_val')} | "
+        f"{val('final_val')} | {report['test']['samples']} | {_format_loss(report['test']['loss'])} | "
         f"{format_metric(headline, report['test'][headline])} |",
         "",
     ]
-    write_text_atomic(run_dir / "report.md", "\n".join(lines))
+    facts = [("parameters", f"{report['parameters']:,}" if isinstance(report.get("parameters"), int) else None),
+             ("device", report.get("device")), ("command", f"`{report['command']}`" if report.get("command") else None),
+             ("git commit", report.get("git_commit")), ("started", report.get("started"))]
+    lines += [f"- {name}: {value}" for name, value in facts if value]
+    write_text_atomic(run_dir / "report.md", "\n".join(lines) + "\n")
 
 
 def stages_markdown(run_dir: Path, results: list[dict[str, Any]]) -> str:
     headline = results[-1].get("headline", "exact_match")
+    label = metric_label(headline)
     lines = [
         f"# {run_dir.name} (curriculum)",
         "",
-        f"| stage | steps | train time (s) | test samples | test loss | test {metric_label(headline)} |",
-        "|---|---|---|---|---|---|",
+        f"| stage | steps | train time (s) | best val {label} | test samples | test loss | test {label} |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        test = r["test"]
-        lines.append(f"| {r['stage']} | {r['steps']} | {r['train_time_s']} | {test['samples']} | "
+        test, best = r["test"], r.get("best_val")
+        shown = f"{format_metric(headline, best.get(headline))} (step {best['step']})" if best else "n/a"
+        lines.append(f"| {r['stage']} | {r['steps']} | {r['train_time_s']} | {shown} | {test['samples']} | "
                      f"{_format_loss(test['loss'])} | {format_metric(headline, test[headline])} |")
+    last = results[-1]
+    facts = [("parameters", f"{last['parameters']:,}" if isinstance(last.get("parameters"), int) else None),
+             ("device", last.get("device")), ("command", f"`{last['command']}`" if last.get("command") else None),
+             ("git commit", last.get("git_commit"))]
+    lines += ["", *(f"- {name}: {value}" for name, value in facts if value)]
     return "\n".join([*lines, ""])
 
 

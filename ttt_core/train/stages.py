@@ -1,7 +1,7 @@
 """Curriculum runs: a recipe with `[[stages]]` trains stage after stage in one `ttt run`.
 
 Stage k trains in `RUN/stage-NAME/` (an ordinary run directory) and starts from stage k-1's final
-weights through `train.init_from`. Running the command again skips every stage whose report is
+weights through `train.init_from` (its best validated weights with `train.init_checkpoint = "best"`). Running the command again skips every stage whose report is
 written (it finished, test included) and resumes the interrupted one from its checkpoint, so a
 curriculum is interrupted and resumed exactly like a single run. `RUN/recipe.toml` holds the staged
 recipe (`ttt run RUN` resumes), `RUN/report.json` / `report.md` every stage's test result.
@@ -10,6 +10,7 @@ recipe (`ttt run RUN` resumes), `RUN/report.json` / `report.md` every stage's te
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ def stage_recipes(recipe: Recipe, run_dir: Path) -> list[tuple[Stage, Recipe, Pa
 
 
 def finished(directory: Path, steps: int) -> dict[str, Any] | None:
-    """The stage's report if it trained all `steps` and was tested, else None."""
+    """The stage's report if it trained all `steps` (or stopped early) and was tested, else None."""
     path = directory / "report.json"
     if not path.exists():
         return None
@@ -44,10 +45,11 @@ def finished(directory: Path, steps: int) -> dict[str, Any] | None:
         report = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise TTTError(f"{path}: unreadable stage report ({exc}); remove it to train the stage again") from None
-    return report if report.get("steps", 0) >= steps else None
+    return report if report.get("steps", 0) >= steps or report.get("stopped_early") else None
 
 
-def run_stages(recipe: Recipe, run_dir: Path, quiet: bool = False, train_stage=None) -> dict[str, Any]:
+def run_stages(recipe: Recipe, run_dir: Path, quiet: bool = False, train_stage=None,
+               command: str | None = None) -> dict[str, Any]:
     """Train every unfinished stage in order; return (and write) the curriculum's report.
 
     `train_stage(recipe, directory)` trains one stage and returns its report (default: the
@@ -60,7 +62,8 @@ def run_stages(recipe: Recipe, run_dir: Path, quiet: bool = False, train_stage=N
     if train_stage is None:
 
         def train_stage(stage_recipe: Recipe, directory: Path) -> dict[str, Any]:
-            report = Trainer(stage_recipe, directory, quiet=quiet).run()
+            resume = f"ttt run {shlex.quote(str(run_dir))}"  # the curriculum, not the stage alone
+            report = Trainer(stage_recipe, directory, quiet=quiet, command=command, resume_command=resume).run()
             print(summary(directory, report))  # (DeepSpeed's rank 0 prints its own)
             return report
 
