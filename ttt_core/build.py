@@ -1,5 +1,8 @@
 """Turn a validated recipe into live objects, in the order their contexts require.
 
+A task that takes a tokenizer (`takes_tokenizer`) gets the one the backbone's model brings, when its
+registration supplies one (`task_tokenizer`); the backbone is then built with that vocabulary.
+
 The builder fills an optional slot the recipe leaves out (a recurrence that does not use it:
 `Component.slots`) with the kinds table's `unused` component, checks every built component against
 the capabilities its registration declares (`provides`) and those the other components need of it
@@ -18,7 +21,7 @@ import attrs
 import torch
 
 from ttt_core.errors import TTTError
-from ttt_core.interfaces import CAPABILITIES, IndexedTask, missing_capability
+from ttt_core.interfaces import CAPABILITIES, IndexedTask, TextTokenizer, missing_capability
 from ttt_core.kinds import BY_SLOT
 from ttt_core.model import MetaModel
 from ttt_core.recipe import ComponentSpec, Recipe
@@ -102,8 +105,30 @@ def _build(slot: str, specs: dict[str, ComponentSpec], **context: Any) -> Any:
     return built
 
 
+def task_tokenizer(specs: dict[str, ComponentSpec]) -> TextTokenizer | None:
+    """The tokenizer the backbone's model brings (its registration's `tokenizer`), for a task that
+    takes one (`takes_tokenizer`); None: the task builds its own."""
+    task, backbone = specs["task"], specs.get("backbone")
+    if backbone is None or "takes_tokenizer" not in task.component.provides:
+        return None
+    tokenizer = backbone.component.model_tokenizer(backbone.config)
+    if tokenizer is not None and not isinstance(tokenizer, TextTokenizer):
+        raise TTTError(f"{_spec_label(backbone)} supplies a tokenizer without "
+                       f"{', '.join(n for n in ('vocab_size', 'pad_id', 'eos_id', 'bos_id', 'encode', 'decode') if not hasattr(tokenizer, n))}")
+    return tokenizer
+
+
 def build_task(recipe: Recipe, registry: Registry | None = None):
-    return _build("task", component_specs(recipe, registry))
+    """The task, on the backbone's model's tokenizer when both sides offer it (`task_tokenizer`)."""
+    specs = component_specs(recipe, registry)
+    tokenizer = task_tokenizer(specs)
+    if tokenizer is None:
+        return _build("task", specs)
+    task = _build("task", specs, tokenizer=tokenizer)
+    if getattr(task, "tokenizer", None) is not tokenizer:
+        raise TTTError(f"{_spec_label(specs['task'])} declares 'takes_tokenizer' but did not use the tokenizer "
+                       f"{_spec_label(specs['backbone'])} gave it")
+    return task
 
 
 def build_model(recipe: Recipe, task, registry: Registry | None = None) -> MetaModel:

@@ -38,6 +38,25 @@ class Tokenizer(Protocol):
     def decode(self, ids: list[int]) -> str: ...
 
 
+@runtime_checkable
+class TextTokenizer(Protocol):
+    """A tokenizer a text task takes from elsewhere instead of building its own: a pretrained
+    model's own (the `hf` backbone's `AutoTokenizer`), which the model's embedding rows mean.
+
+    ``encode`` adds no special tokens (the task adds those it wants); ``vocab_size`` bounds every id
+    (the backbone is built with it); ``eos_id`` and ``bos_id`` are None when the tokenizer has none
+    (a task that needs one says so); ``pad_id`` is any id (padded positions are masked)."""
+
+    vocab_size: int
+    pad_id: int
+    eos_id: int | None
+    bos_id: int | None
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Any) -> str: ...
+
+
 class BackboneOutput(NamedTuple):
     """What a backbone's forward returns."""
 
@@ -63,6 +82,11 @@ class Backbone(ABC):
     capabilities (below): several sequences per row (`PackedRows`), blocks run functionally on
     stacked weights for diagonal batching (`LayerBlocks`), per-example weight deltas
     (`WeightDeltas`); a backbone declares those it has when it registers (``provides``).
+
+    A backbone whose model comes with its own tokenizer (a pretrained transformers model) supplies
+    it to text tasks: its registration's ``tokenizer`` is a function of its config giving a
+    `TextTokenizer` (or None: the task's own). The builder asks it before building a task that
+    takes one (`TakesTokenizer`); the backbone is then built with that tokenizer's ``vocab_size``.
     """
 
     dim: int
@@ -179,7 +203,8 @@ class Recurrence(ABC):
 
 
 class Task(ABC):
-    """Data, tokenizer, collation into episodes and metrics. Context: none.
+    """Data, tokenizer, collation into episodes and metrics. Context: none, but ``tokenizer`` for a
+    task that declares `takes_tokenizer` (`TakesTokenizer`).
 
     Data is a deterministic function of (split, data seed, index), so a run resumes at any step
     and every rank can draw its own shard. The data seed belongs to the task's config, so models
@@ -367,12 +392,23 @@ class ExportsData(Protocol):
     def export(self, directory: Path, fmt: str, train_samples: int) -> list[Path]: ...
 
 
+@runtime_checkable
+class TakesTokenizer(Protocol):
+    """A text task that runs on a tokenizer handed to it (the backbone's model's own, a
+    `TextTokenizer`) instead of its own: its factory takes the context ``tokenizer`` (absent or None:
+    its own) and encodes every text with it, so the built task's ``tokenizer`` is that object (the
+    builder checks). A tokenizer it cannot use (no EOS where answers end with one) is one line."""
+
+    tokenizer: Any
+
+
 CAPABILITIES: dict[str, type] = {
     "packing": PacksContext,
     "packed_rows": PackedRows,
     "layer_blocks": LayerBlocks,
     "weight_deltas": WeightDeltas,
     "export": ExportsData,
+    "takes_tokenizer": TakesTokenizer,
 }
 """Capability name (as recipes' components declare it) -> the protocol a built component satisfies."""
 

@@ -63,30 +63,42 @@ class Component:
     """Capabilities (names in `ttt_core.interfaces.CAPABILITIES`) every built instance has."""
     needs: Needs | Callable[[Any], Needs] = attrs.field(factory=dict)
     """Capabilities it needs of the components in other slots, or a function of its config giving them."""
+    tokenizer: Callable[[Any], Any] | str | None = None
+    """Backbones only: a function of its config (or a ``"module:function"`` string) giving the
+    tokenizer of the model it loads (a `ttt_core.interfaces.TextTokenizer`), or None for the task's
+    own; the builder hands it to a task that takes one (``takes_tokenizer``)."""
 
     def needs_for(self, config: Any) -> Needs:
         """What this component, configured by `config`, needs of the other slots."""
         return self.needs(config) if callable(self.needs) else self.needs
 
-    def resolve_factory(self) -> Callable[..., Any]:
-        if callable(self.factory):
-            return self.factory
-        module_name, _, attr = self.factory.partition(":")
+    def _resolve(self, what: str, target: Callable[..., Any] | str) -> Callable[..., Any]:
+        if callable(target):
+            return target
+        module_name, _, attr = target.partition(":")
         try:
             return getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError) as exc:
             raise RegistryError(
-                f"{self.kind} '{self.name}' from {self.provider}: cannot import factory "
-                f"'{self.factory}': {type(exc).__name__}: {exc}"
+                f"{self.kind} '{self.name}' from {self.provider}: cannot import {what} "
+                f"'{target}': {type(exc).__name__}: {exc}"
             ) from exc
+
+    def resolve_factory(self) -> Callable[..., Any]:
+        return self._resolve("factory", self.factory)
+
+    def model_tokenizer(self, config: Any) -> Any:
+        """The tokenizer this backbone, configured by `config`, supplies to text tasks; None: none."""
+        return None if self.tokenizer is None else self._resolve("tokenizer", self.tokenizer)(config)
 
     def build(self, config: Any, **context: Any) -> Any:
         """Instantiate the component from its config and the objects it is built around."""
         return self.resolve_factory()(config, **context)
 
     def same_as(self, other: Component) -> bool:
-        mine = (self.config, self.factory, self.aliases, self.slots, self.provides, self.needs)
-        return mine == (other.config, other.factory, other.aliases, other.slots, other.provides, other.needs)
+        mine = (self.config, self.factory, self.aliases, self.slots, self.provides, self.needs, self.tokenizer)
+        return mine == (other.config, other.factory, other.aliases, other.slots, other.provides, other.needs,
+                        other.tokenizer)
 
 
 class KindRegistry:
@@ -230,6 +242,7 @@ class ProviderRegistry:
         slots: tuple[str, ...] | list[str] | None = None,
         provides: tuple[str, ...] | list[str] = (),
         needs: Needs | Callable[[Any], Needs] | None = None,
+        tokenizer: Callable[[Any], Any] | str | None = None,
     ) -> None:
         """Register a component.
 
@@ -249,12 +262,17 @@ class ProviderRegistry:
             needs: slot -> capabilities it needs of the component in that slot (e.g.
                 {"backbone": ("layer_blocks",)}), or a function of its config returning that;
                 `ttt validate` refuses a recipe that does not provide them.
+            tokenizer: backbones only: `tokenizer(config)` giving the model's own tokenizer (a
+                `ttt_core.interfaces.TextTokenizer`) or None, or a `"module:function"` string; the
+                builder hands it to a task that declares "takes_tokenizer".
         """
         if not attrs.has(config):
             raise RegistryError(
                 f"{kind} '{name}' from {self.provider}: config must be an attrs class, got {config!r}"
             )
         self._check_declarations(kind, name, slots, provides, needs)
+        if tokenizer is not None and kind != "backbone":
+            raise RegistryError(f"{kind} '{name}' from {self.provider}: only a backbone supplies a tokenizer")
         component = Component(
             kind=kind,
             name=name,
@@ -266,6 +284,7 @@ class ProviderRegistry:
             slots=None if slots is None else tuple(slots),
             provides=tuple(provides),
             needs=needs if callable(needs) else dict(needs or {}),
+            tokenizer=tokenizer,
         )
         self.registry.add_component(component)
         self.added.append((kind, name))

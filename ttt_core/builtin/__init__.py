@@ -76,6 +76,7 @@ def ttt_register_components(registry: ProviderRegistry) -> None:
         "lm_text",
         config=LMTextConfig,
         factory="ttt_core.builtin.lm_text:LMText",
+        provides=("takes_tokenizer",),
         description="byte-level language modelling over local text files (default: the Python stdlib sources)",
     )
     registry.add(

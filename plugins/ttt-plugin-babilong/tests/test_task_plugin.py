@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from ttt_core.errors import RecipeError
+from ttt_core.errors import RecipeError, TTTError
 from ttt_core.plugins import create_host
 from ttt_core.recipe import load_recipe
 from ttt_core.train.trainer import Trainer
@@ -40,6 +41,7 @@ def test_tasks_are_registered_and_build(host) -> None:
     registry = host.registry["task"]
     for qa in ("qa1", "qa2", "qa3", "qa4", "qa5", "qa6", "qa7", "qa8"):
         component = registry.get(f"babilong_{qa}")
+        assert set(component.provides) == {"export", "takes_tokenizer"}
         task = component.build(BabilongConfig(val_samples=4, test_samples=4))
         assert task.qa == qa and task.split_size("test") == 4
 
@@ -77,6 +79,51 @@ def test_episodes_hold_the_context_question_and_answer() -> None:
     assert task.tokenizer.decode(episode.target.ids[2][episode.target.mask[2]]) == f"{sample.answer} [EOS]"
     assert task.sample("train", 12) == task.sample("train", 2)  # the train stream cycles over `size`
     assert count_tokens(sample.context) == 200
+
+
+class SpacedWords:
+    """A tokenizer like GPT-2's in the one way that matters here: a word's token includes the space
+    before it (" kitchen" is not "kitchen"); ids numbered as first seen, 0 pad, 1 EOS, no BOS."""
+
+    pad_id, eos_id, bos_id = 0, 1, None
+
+    def __init__(self) -> None:
+        self.tokens: list[str] = ["<pad>", "<eos>"]
+        self.vocab_size = 4096
+
+    def encode(self, text: str) -> list[int]:
+        ids = []
+        for token in re.findall(r" ?\w+| ?[^\w\s]", text):
+            if token not in self.tokens:
+                self.tokens.append(token)
+            ids.append(self.tokens.index(token))
+        return ids
+
+    def decode(self, ids) -> str:
+        return "".join(self.tokens[i] for i in ids)
+
+
+def test_a_given_tokenizer_sees_the_running_text() -> None:
+    """On a model's tokenizer (`takes_tokenizer`) the context's ids are those of its text, question
+    and answer follow it after a space, the answer ends with the tokenizer's EOS, and exact match
+    scores the answer's tokens."""
+    tokenizer = SpacedWords()
+    task = plugin.FACTORIES["qa1"](BabilongConfig(val_samples=2, segment_sentences=2), tokenizer=tokenizer)
+    assert task.tokenizer is tokenizer
+    sample, episode = task.sample("val", 0), task.batch("val", range(1))
+    assert episode.context.ids[0].tolist() == tokenizer.encode(sample.context)
+    assert episode.segments[1].ids[0].tolist() == tokenizer.encode(" " + " ".join(sample.sentences[2:4]))
+    assert episode.query.ids[0].tolist() == tokenizer.encode(" " + sample.question)
+    assert episode.target.ids[0].tolist() == [tokenizer.tokens.index(" " + sample.answer), 1]
+    logits = torch.nn.functional.one_hot(episode.target.ids, tokenizer.vocab_size).float()
+    assert task.metrics(logits, episode)["exact_match"].tolist() == [True]
+    logits[0, 1] = logits[0, 1].roll(1)  # a wrong EOS: the answer's tokens are still right
+    assert task.metrics(logits, episode)["exact_match"].tolist() == [True]
+    logits[0, 0] = logits[0, 0].roll(1)
+    assert task.metrics(logits, episode)["exact_match"].tolist() == [False]
+    tokenizer.eos_id = None
+    with pytest.raises(TTTError, match=r"^\[task\] babilong_qa1: the model's tokenizer has no EOS token, which ends every answer$"):
+        Babilong(BabilongConfig(), "qa1", tokenizer)
 
 
 def test_rows_with_fewer_segments_get_empty_ones() -> None:

@@ -25,10 +25,10 @@ DESCRIPTIONS: dict[str, str] = {
 
 
 def _factory(qa: str) -> Callable[..., Any]:
-    def build(config: BabilongConfig, **_: Any) -> Any:
+    def build(config: BabilongConfig, tokenizer: Any = None, **_: Any) -> Any:
         from ttt_plugin_babilong.task import Babilong
 
-        return Babilong(config, qa)
+        return Babilong(config, qa, tokenizer)
 
     build.__name__ = build.__qualname__ = f"build_babilong_{qa}"
     return build
@@ -41,6 +41,6 @@ FACTORIES: dict[str, Callable[..., Any]] = {qa: _factory(qa) for qa in DESCRIPTI
 def ttt_register_components(registry: Any) -> None:
     for qa, what in DESCRIPTIONS.items():
         registry.add(
-            "task", f"babilong_{qa}", config=BabilongConfig, factory=FACTORIES[qa], provides=("export",),
+            "task", f"babilong_{qa}", config=BabilongConfig, factory=FACTORIES[qa], provides=("export", "takes_tokenizer"),
             description=f"BABILong {qa}: bAbI {what} in distractor text of a given length",
         )

@@ -7,6 +7,13 @@ Rows of a batch with fewer segments get empty ones at the end, which recurrences
 the question, the target the answer's tokens then `[EOS]`; the metric is exact match of the answer
 tokens.
 
+Tokenizer: the word tokenizer (`ttt_plugin_babilong.tokenizer`), or one handed to the task
+(`takes_tokenizer`: a pretrained `hf` model's own). Texts are encoded as they follow one another,
+each sentence after the first, the question and the answer with the space before it, so a
+subword tokenizer sees words where they stand in the running text (the context's ids are the
+tokenizer's ids of the context's text); the answer ends with the tokenizer's EOS. `length` and the
+noise still count word tokens.
+
 Samples are a pure function of (task, split, seed, index): the story from the generator, then the
 noise from its own generator seeded with the same four. The train split cycles over `size` indices.
 """
@@ -21,7 +28,8 @@ import attrs
 from torch import Tensor
 
 from ttt_core.episode import Episode, Segment
-from ttt_core.interfaces import IndexedTask
+from ttt_core.errors import TTTError
+from ttt_core.interfaces import IndexedTask, TextTokenizer
 
 from ttt_plugin_babilong.babilong_config import SPLITS, BabilongConfig
 from ttt_plugin_babilong.generators import DEFAULT_FACTS, TASK_LABELS, generate
@@ -112,15 +120,18 @@ def segment_ids(sentence_ids: Sequence[list[int]], segment_tokens: int | None, s
 
 
 class Babilong(IndexedTask):
-    """One bAbI task (`qa`: "qa1".."qa5") under one `BabilongConfig`."""
+    """One bAbI task (`qa`: "qa1".."qa8") under one `BabilongConfig`, on the word tokenizer or on
+    `tokenizer` (a model's own; it needs an EOS token to end answers with)."""
 
-    def __init__(self, config: BabilongConfig, qa: str) -> None:
+    def __init__(self, config: BabilongConfig, qa: str, tokenizer: TextTokenizer | None = None) -> None:
         if qa not in TASK_LABELS:
             raise ValueError(f"unknown bAbI task {qa!r}; expected one of {', '.join(TASK_LABELS)}")
+        if tokenizer is not None and tokenizer.eos_id is None:
+            raise TTTError(f"[task] babilong_{qa}: the model's tokenizer has no EOS token, which ends every answer")
         self.config = config
         self.qa = qa
         self.labels = TASK_LABELS[qa]
-        self.tokenizer = WordTokenizer(config.buckets)
+        self.tokenizer = WordTokenizer(config.buckets) if tokenizer is None else tokenizer
         lo, hi = DEFAULT_FACTS[qa]
         self.facts_range = (config.min_facts or lo, config.max_facts or max(hi, config.min_facts or hi))
         self.loaded: dict[str, list[BabilongSample]] = {}
@@ -160,16 +171,20 @@ class Babilong(IndexedTask):
             sentences, positions = inject(story.facts, self._corpus(), split, c.length_tokens, rng)
         return BabilongSample(tuple(sentences), tuple(positions), story.question, story.answer, story.supporting)
 
+    def sentence_ids(self, sample: BabilongSample) -> list[list[int]]:
+        """Each context sentence's ids, every one after the first with the space before it."""
+        return [self.tokenizer.encode(s if i == 0 else " " + s) for i, s in enumerate(sample.sentences)]
+
     def collate(self, samples: Sequence[BabilongSample]) -> Episode:
         tok, c = self.tokenizer, self.config
-        per_row = [segment_ids([tok.encode(s) for s in x.sentences], c.segment_tokens, c.segment_sentences) for x in samples]
+        per_row = [segment_ids(self.sentence_ids(x), c.segment_tokens, c.segment_sentences) for x in samples]
         count = max(len(rows) for rows in per_row)
         pad = lambda rows: Segment.from_lists(rows, tok.pad_id)  # noqa: E731
         return Episode(
             segments=tuple(pad([rows[i] if i < len(rows) else [] for rows in per_row]) for i in range(count)),
             context=pad([[t for segment in rows for t in segment] for rows in per_row]),
-            query=pad([tok.encode(x.question) for x in samples]),
-            target=pad([tok.encode(x.answer, eos=True) for x in samples]),
+            query=pad([tok.encode(" " + x.question) for x in samples]),
+            target=pad([tok.encode(" " + x.answer) + [tok.eos_id] for x in samples]),
         )
 
     def batch(self, split: str, indices: Iterable[int]) -> Episode:
@@ -185,8 +200,8 @@ class Babilong(IndexedTask):
         return "\n".join([
             f"babilong_{self.qa} {split} #{index} (length {self.config.length_name})",
             sample.render(),
-            f"tokens:   segments [{shapes}], query {self.tokenizer.decode(episode.query.ids[0])!r}, "
-            f"target {self.tokenizer.decode(episode.target.ids[0])!r}",
+            f"tokens:   segments [{shapes}], query {self.tokenizer.decode(episode.query.ids[0].tolist())!r}, "
+            f"target {self.tokenizer.decode(episode.target.ids[0].tolist())!r}",
         ])
 
     def export(self, directory: str | Path, fmt: str = "jsonl", train_samples: int | None = None) -> list[Path]:

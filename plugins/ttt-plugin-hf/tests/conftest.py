@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,6 +53,44 @@ def save_tiny(model_type: str, directory: Path, seed: int = 0, vocab_size: int =
     return directory
 
 
+SENTENCES = (
+    "Mary moved to the bathroom. John went to the hallway. Where is Mary? bathroom",
+    "Daniel travelled to the office. Sandra journeyed to the garden. Where is Daniel? office",
+    "The kitchen is north of the bedroom. What is north of the bedroom? kitchen",
+    "def main(argv):\n    return len(argv) + 1  # a comment about the arguments\n",
+    "Files of text are read, encoded by the model's tokenizer and cut into windows.",
+)
+"""What the tiny tokenizer is trained on: bAbI facts and a little code and prose."""
+
+
+def save_tokenizer(directory: Path, vocab_size: int = 320) -> Any:
+    """A byte-level BPE tokenizer (GPT-2's scheme: leading spaces belong to words) trained offline on
+    `SENTENCES`, saved with `save_pretrained` into `directory`; EOS and BOS `<|endoftext|>`, no pad."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    raw.train_from_iterator(list(SENTENCES) * 4, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+    tokenizer.save_pretrained(str(directory))
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def text_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny GPT-2 with its own tokenizer in one directory; its embedding has 8 rows more than the
+    tokenizer has tokens (as Pythia's is padded), which the model's tokenizer must leave alone."""
+    directory = tmp_path_factory.mktemp("hf_text") / "gpt2"
+    directory.mkdir()
+    tokenizer = save_tokenizer(directory)
+    save_tiny("gpt2", directory, vocab_size=len(tokenizer) + 8)
+    return directory
+
+
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """model_type -> a saved tiny model of that family (made once per session)."""
@@ -62,4 +101,4 @@ def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture
 def kit() -> types.SimpleNamespace:
     """The helpers above (a conftest is not importable by name under --import-mode=importlib)."""
-    return types.SimpleNamespace(VOCAB=VOCAB, TINY=TINY, save_tiny=save_tiny)
+    return types.SimpleNamespace(VOCAB=VOCAB, TINY=TINY, save_tiny=save_tiny, save_tokenizer=save_tokenizer)

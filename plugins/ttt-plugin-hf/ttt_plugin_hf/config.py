@@ -14,6 +14,15 @@ from ttt_core.config import one_of
 from ttt_plugin_hf.families import unsupported
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+TOKENIZER_FILES: tuple[str, ...] = (
+    "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt",
+)
+"""Files of which one is in a directory a tokenizer was saved to (`save_pretrained`)."""
+
+
+def has_tokenizer(directory: Path) -> bool:
+    """Whether a saved model directory holds a tokenizer too (one of `TOKENIZER_FILES`)."""
+    return any((directory / name).is_file() for name in TOKENIZER_FILES)
 
 
 def local_directory(path: str) -> Path | None:
@@ -46,7 +55,9 @@ class HFConfig:
     from an inline `config` table (``model_type`` plus that config class's fields, `from_config`:
     random initial weights). The task's vocabulary size always wins: an inline ``vocab_size`` is
     replaced by it, a pretrained model's embedding and output rows are resized to it
-    (`resize_token_embeddings`: rows kept by id, new ones drawn as the model's own init draws them)."""
+    (`resize_token_embeddings`: rows kept by id, new ones drawn as the model's own init draws them).
+    A text task may instead run on the model's own tokenizer (`tokenizer`), whose vocabulary the
+    model's rows already cover."""
 
     path: str | None = None
     """A saved model directory (relative to where `ttt` runs) or a hub id (downloaded or cached)."""
@@ -62,11 +73,18 @@ class HFConfig:
     dropout: bool = False
     """Keep the model's dropout probabilities (GPT-2 trains with 0.1). Off by default: every
     ``*dropout`` / ``*pdrop`` field is set to 0 so the inner loop sees a deterministic model."""
+    tokenizer: str = attrs.field(default="auto", validator=one_of("auto", "model", "task"))
+    """Which tokenizer a text task (one that takes one: lm_text, babilong_qa*) runs on. model: the
+    model's own (``AutoTokenizer`` from `path`, which must hold one); task: the task's own (the
+    embedding resized to its vocabulary); auto: the model's when `path` has a tokenizer and the task
+    takes one, else the task's. The retrieval task always keeps its character tokenizer."""
 
     def __attrs_post_init__(self) -> None:
         if (self.path is None) == (self.config is None):
             raise ValueError("give exactly one of option 'path' (a saved model or hub id) and option 'config' (an inline config table)")
         if self.config is not None:
+            if self.tokenizer == "model":
+                raise ValueError("option 'tokenizer' = 'model' needs a saved model in option 'path': an inline config has no tokenizer")
             model_type = self.config.get("model_type")
             if not isinstance(model_type, str):
                 raise ValueError("option 'config' needs a 'model_type' string (e.g. \"gpt_neox\")")
@@ -79,3 +97,6 @@ class HFConfig:
             problem = unsupported(model_type_of(directory))
             if problem:
                 raise ValueError(f"option 'path': {directory}: {problem}")
+            if self.tokenizer == "model" and not has_tokenizer(directory):
+                raise ValueError(f"option 'tokenizer' = 'model': {directory} has no tokenizer (no {' or '.join(TOKENIZER_FILES[:2])}); "
+                                 "save the model's tokenizer there, or use tokenizer = 'task'")

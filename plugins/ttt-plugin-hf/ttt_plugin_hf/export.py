@@ -5,9 +5,9 @@ Writes ``OUT`` (default ``RUN/hf``) with ``save_pretrained``: ``config.json`` pl
 run's checkpoint holds them. It loads with ``AutoModelForCausalLM.from_pretrained(OUT)`` in plain
 transformers, or back as a backbone with ``[backbone] name = "hf"`` and ``path = OUT``. What the
 framework adds around the backbone (memory tokens, writer, inner learning rates) has no place in
-that format and stays in the checkpoint. The vocabulary is the task's (the associative-retrieval
-task's character tokenizer: `ttt_core.tokenizer.CharTokenizer`), so no transformers tokenizer is
-written.
+that format and stays in the checkpoint. A run whose task ran on the model's own tokenizer (`[backbone]
+tokenizer`) writes that tokenizer beside the weights; a task's own tokenizer (the retrieval task's
+characters: `ttt_core.tokenizer.CharTokenizer`) is no transformers tokenizer and is not written.
 
 A command of this plugin rather than ``ttt export``: the core CLI has no export command nor a hook
 for plugins to add one.
@@ -28,6 +28,7 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, checkpoint: s
     from ttt_core.train.evaluate import load_run
 
     from ttt_plugin_hf.backbone import HFBackbone
+    from ttt_plugin_hf.tokenizer import ModelTokenizer
 
     run = load_run(run_dir, checkpoint)
     backbone = run.built.model.backbone
@@ -35,6 +36,9 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, checkpoint: s
         raise TTTError(f"{run_dir}: its backbone is not hf; only an hf backbone is a transformers model")
     directory = Path(run_dir) / "hf" if out is None else Path(out)
     backbone.save_pretrained(str(directory))
+    tokenizer = getattr(run.built.task, "tokenizer", None)
+    if isinstance(tokenizer, ModelTokenizer):
+        tokenizer.save_pretrained(str(directory))
     return directory
 
 
