@@ -44,12 +44,15 @@ Step = Callable[[int], None]
 RECIPE = "recipes/baseline_ar_n1.toml"
 EQUAL_FLOPS = ("backbone.mlp_ratio=0.6667",)
 FAST = ("memory.learner.pack_pairs=true",)  # + compile + bf16
+BUCKETS = ("memory.learner.length_buckets=2",)  # the context pass in two length groups
 ROWS: dict[str, tuple[str, tuple[str, ...], bool]] = {
     # name -> (label, recipe overrides, fast)
     "recipe": ("ours, baseline_ar_n1.toml as shipped, eager fp32", (), False),
     "recipe-fast": ("ours, baseline_ar_n1.toml, compile + bf16 + pack_pairs", FAST, True),
     "equal": ("ours at the deck's FLOPs (mlp_ratio 0.6667), eager fp32", EQUAL_FLOPS, False),
     "equal-fast": ("ours at the deck's FLOPs, compile + bf16 + pack_pairs", EQUAL_FLOPS + FAST, True),
+    "equal-buckets": ("ours at the deck's FLOPs, compile + bf16 + length_buckets = 2", EQUAL_FLOPS + BUCKETS, True),
+    "recipe-buckets": ("ours, baseline_ar_n1.toml, compile + bf16 + length_buckets = 2", BUCKETS, True),
 }
 
 
@@ -297,7 +300,7 @@ def main() -> None:
                  f"{achieved:.1f}" if achieved else "",
                  f"{100 * achieved / best[precision[name]]:.0f}% ({precision[name]})" if achieved and best else ""]
         print("| " + " | ".join(cells) + " |", flush=True)
-    compiled = [n for n in labels if n.endswith("-fast")]
+    compiled = [n for n in labels if ROWS.get(n, ("", (), False))[2]]
     if compiled:
         print("(compile time, untimed first step minus a step: "
               + ", ".join(f"{n} {warmup[n] - seconds[n]:.0f} s" for n in compiled) + ")")
