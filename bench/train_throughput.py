@@ -12,6 +12,10 @@ Rows (second order, K = 2, batch 64 unless told otherwise):
                  at width 128, 4 layers, 4 heads; SwiGLU hidden int(0.6667 * 128) = 85, three 128x85
                  matrices = 32,640 MACs per token against the deck's two 128x128 = 32,768)
     equal-fast   that with the fast setting
+    recipe-buckets, equal-buckets
+                 compile + bf16 + `[memory.learner] length_buckets = 2` instead of pack_pairs: the
+                 context pass as two batches of examples grouped by length, each only as wide as its
+                 longest (`ttt_core.packing.plan_buckets`), so attention is not widened as by pairs
 
 Every model trains on the same batches; their steps are interleaved (deck, recipe, ..., deck, ...)
 so load from other processes hits them alike; samples/s is batch / median step time. The matmul
@@ -226,7 +230,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--recipe", default=RECIPE)
     parser.add_argument("--mode", default="second", choices=("second", "first"))
-    parser.add_argument("--rows", default="deck,recipe,recipe-fast,equal,equal-fast",
+    parser.add_argument("--rows", default="deck,recipe,recipe-fast,recipe-buckets,equal,equal-fast,equal-buckets",
                         help=f"which rows: deck, {', '.join(ROWS)}")
     parser.add_argument("--no-ceiling", action="store_true", help="skip the matmul ceiling")
     parser.add_argument("--no-flops", action="store_true", help="skip counting FLOPs (one more eager step per row)")
