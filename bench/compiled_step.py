@@ -1,7 +1,7 @@
 """Does the functional (optionally compiled) outer gradient equal eager `loss.backward()`, and how
 long does compiling it (the whole second-order step) take?
 
-    python bench/compiled_step.py [--modes second,first] [--batch 64] [--threads 1] [--no-compile] [--profile] [--bf16]
+    python bench/compiled_step.py [--modes second,first] [--batch 64] [--threads 1] [--no-compile] [--profile] [--bf16] [--set KEY=VALUE]
 
 Builds the model twice from the same recipe and seed, runs one step's gradient eagerly and through
 `ttt_core.train.functional.FunctionalStep` (uncompiled, then compiled) on the same batches, and prints
@@ -55,8 +55,8 @@ def profile_step(step: FunctionalStep, episode, precision: str, rows: int = 15) 
 
 
 def check(mode: str, recipe_path: str, batch: int, compile: bool, batches: int, profile: bool = False,
-          precision: str = "fp32") -> None:
-    overrides = [f"inner.grad_mode='{mode}'", "inner.steps=2", f"train.batch_size={batch}"]
+          precision: str = "fp32", extra: tuple[str, ...] = ()) -> None:
+    overrides = [f"inner.grad_mode='{mode}'", "inner.steps=2", f"train.batch_size={batch}", *extra]
     eager = build(load_recipe(recipe_path, overrides))
     functional = build(load_recipe(recipe_path, overrides))
     variants = {"functional": FunctionalStep(functional.model)}
@@ -93,6 +93,8 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true", help="check the uncompiled functional path only")
     parser.add_argument("--profile", action="store_true", help="profile one compiled step afterwards")
     parser.add_argument("--bf16", action="store_true", help="every variant under bfloat16 autocast")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="recipe override, e.g. backbone.mlp_ratio=0.6667 (the deck's MLP FLOPs)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.profile:
@@ -101,7 +103,7 @@ def main() -> None:
         inductor_config.cpp.enable_kernel_profile = True  # each generated kernel in the profile
     for mode in args.modes.split(","):
         check(mode, args.recipe, args.batch, not args.no_compile, args.batches, args.profile,
-              "bf16" if args.bf16 else "fp32")
+              "bf16" if args.bf16 else "fp32", tuple(args.set))
 
 
 if __name__ == "__main__":

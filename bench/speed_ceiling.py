@@ -8,7 +8,8 @@ baseline model's compiled bf16 second-order step: with a 4d SwiGLU MLP (`backbon
 128x341 matrices against GPT-NeoX's two 128x512), with two examples per row in the context pass
 (`[memory.learner] pack_pairs`), and on contexts of one fixed length (`N1-K4V4-S1_24-24`: the same
 mean real length as 16-32 and no padding at all, the bound of what removing padding can give), beside
-the Hugging Face reference in float32 and bf16 on the padded 16-32 batches. The ratios move with the
+the Hugging Face reference of that session (`hf_reference.PRESETS["neox4d"]`: a 4d GELU MLP, not the
+deck's model) in float32 and bf16 on the padded 16-32 batches. The ratios move with the
 order of the models in the process (`--hf-first` puts HF first), so run both orders.
 """
 
@@ -40,7 +41,7 @@ def main() -> None:
     _, built = ours_step("second", RECIPE, args.batch)
     hf = {}
     for precision in ("fp32", "bf16"):
-        step = hf_step("second", built.task, built.model.backbone.vocab_size, args.batch)
+        step = hf_step("second", built.task, built.model.backbone.vocab_size, args.batch, "neox4d")
         if step is None:
             raise SystemExit("the HF reference needs `pip install transformers`")
         hf[f"HF {precision}, padded 16-32"] = step if precision == "fp32" else in_bf16(step)

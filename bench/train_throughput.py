@@ -1,18 +1,32 @@
-"""Training samples/s of the baseline model (4L/4H/128, 8 memory tokens, K=2, batch 64) per grad mode,
-ours side by side with a straightforward Hugging Face transformers implementation.
+"""Training samples/s of ours against the deck's own model (GradMemGPT, `bench/hf_reference.py`),
+side by side in one process, with each step's matmul FLOPs and the machine's matmul ceiling.
 
-    python bench/train_throughput.py [--threads N] [--steps S] [--profile] [--no-hf] [--compile] [--bf16]
+    python bench/train_throughput.py [--threads N] [--steps S] [--rows deck,recipe,equal,...] [--profile]
 
-Both models train on the same batches; their steps are interleaved (ours, HF, ours, HF, ...) so that
-load from other processes hits both alike, and samples/s is batch / median step time. The HF row
-needs `pip install transformers` (a bench-only dependency); without it the row is skipped.
-`--profile` prints where one second-order step of ours spends its time: the ranges
-`ttt.inner.forward`, `ttt.inner.backward`, `ttt.read`, `outer.backward` and the top operators.
-`--compile` adds ours with `[train] compile = true` (the outer gradient as one `torch.compile`d
-functional program, `ttt_core.train.functional`) to the interleaved steps; its compile time (the
-warm-up step) is printed separately and not counted in samples/s. `--bf16` adds every model again
-under bfloat16 autocast (ours: `[train] precision = "bf16"`; HF the same way), so each row can be
-read against HF in float32 and HF in the same precision.
+Rows (second order, K = 2, batch 64 unless told otherwise):
+
+    deck         the deck's GradMemGPT as its code runs it (HF GPT-NeoX, eager fp32): 1.00x
+    recipe       `recipes/baseline_ar_n1.toml` as a user runs it (`ttt run`: eager fp32)
+    recipe-fast  the same with the fast setting: compile + bf16 + pack_pairs
+    equal        ours at the deck's matmul FLOPs: the recipe with `backbone.mlp_ratio = 0.6667` (llama
+                 at width 128, 4 layers, 4 heads; SwiGLU hidden int(0.6667 * 128) = 85, three 128x85
+                 matrices = 32,640 MACs per token against the deck's two 128x128 = 32,768)
+    equal-fast   that with the fast setting
+    recipe-buckets, equal-buckets
+                 compile + bf16 + `[memory.learner] length_buckets = 2` instead of pack_pairs: the
+                 context pass as two batches of examples grouped by length, each only as wide as its
+                 longest (`ttt_core.packing.plan_buckets`), so attention is not widened as by pairs
+
+Every model trains on the same batches; their steps are interleaved (deck, recipe, ..., deck, ...)
+so load from other processes hits them alike; samples/s is batch / median step time. The matmul
+ceiling is timed in the same rounds: `torch.mm` at the models' GEMM shapes (`[B*T, 128] x [128, N]`
+and the weight-gradient `[128, B*T] x [B*T, 128]`, B*T = batch x 41: 8 memory tokens + the padded
+context) and at a large square size, fp32 and bf16. FLOPs of one training step (forward, inner loop,
+outer backward) are counted by `torch.utils.flop_counter.FlopCounterMode` on the eager path with the
+row's settings (the compiled step runs the same matmuls); GFLOP/s = those FLOPs / median step time,
+and "of ceiling" divides by the best ceiling at the models' shapes in the row's precision.
+The compiled rows' first step compiles (its time is printed, not counted). Needs `pip install
+transformers` for the deck row.
 """
 
 from __future__ import annotations
@@ -24,19 +38,34 @@ from collections.abc import Callable
 
 import torch
 
-from ttt_core.recipe import load_recipe
 from ttt_core.build import build
-from ttt_core.train.functional import FunctionalStep
 from ttt_core.objective import autocast, step_loss
+from ttt_core.recipe import load_recipe
+from ttt_core.train.functional import FunctionalStep
 
 Step = Callable[[int], None]
 
+RECIPE = "recipes/baseline_ar_n1.toml"
+EQUAL_FLOPS = ("backbone.mlp_ratio=0.6667",)
+FAST = ("memory.learner.pack_pairs=true",)  # + compile + bf16
+BUCKETS = ("memory.learner.length_buckets=2",)  # the context pass in two length groups
+ROWS: dict[str, tuple[str, tuple[str, ...], bool]] = {
+    # name -> (label, recipe overrides, fast)
+    "recipe": ("ours, baseline_ar_n1.toml as shipped, eager fp32", (), False),
+    "recipe-fast": ("ours, baseline_ar_n1.toml, compile + bf16 + pack_pairs", FAST, True),
+    "equal": ("ours at the deck's FLOPs (mlp_ratio 0.6667), eager fp32", EQUAL_FLOPS, False),
+    "equal-fast": ("ours at the deck's FLOPs, compile + bf16 + pack_pairs", EQUAL_FLOPS + FAST, True),
+    "equal-buckets": ("ours at the deck's FLOPs, compile + bf16 + length_buckets = 2", EQUAL_FLOPS + BUCKETS, True),
+    "recipe-buckets": ("ours, baseline_ar_n1.toml, compile + bf16 + length_buckets = 2", BUCKETS, True),
+}
+
+
+def _recipe(mode: str, recipe_path: str, batch: int, overrides: tuple[str, ...]):
+    return load_recipe(recipe_path, [f"inner.grad_mode='{mode}'", "inner.steps=2", f"train.batch_size={batch}", *overrides])
+
 
 def ours_step(mode: str, recipe_path: str, batch: int, overrides: tuple[str, ...] = ()) -> tuple[Step, object]:
-    recipe = load_recipe(
-        recipe_path, [f"inner.grad_mode='{mode}'", "inner.steps=2", f"train.batch_size={batch}", *overrides]
-    )
-    built = build(recipe)
+    built = build(_recipe(mode, recipe_path, batch, overrides))
 
     def step(i: int) -> None:
         loss, _out = step_loss(built.model, built.task.train_batch(i, batch))
@@ -50,10 +79,7 @@ def compiled_step(mode: str, recipe_path: str, batch: int, rounds: int, override
     """Ours through the compiled functional step. The padding widths are fixed from every batch to
     be timed first, so that the timed steps never recompile (the first step of each precision
     compiles)."""
-    recipe = load_recipe(
-        recipe_path, [f"inner.grad_mode='{mode}'", "inner.steps=2", f"train.batch_size={batch}", *overrides]
-    )
-    built = build(recipe)
+    built = build(_recipe(mode, recipe_path, batch, overrides))
     functional = FunctionalStep(built.model, compile=True)
     for i in range(rounds + 1):
         functional.pad(built.task.train_batch(i, batch))
@@ -65,7 +91,9 @@ def compiled_step(mode: str, recipe_path: str, batch: int, rounds: int, override
     return step
 
 
-def hf_step(mode: str, task, vocab_size: int, batch: int) -> Step | None:
+def hf_step(mode: str, task, vocab_size: int, batch: int, preset: str = "deck",
+            model_out: list | None = None) -> Step | None:
+    """The reference's training step (`hf_reference.PRESETS`), or None without transformers."""
     try:
         from hf_reference import build_hf
     except ImportError:  # run as a module or from elsewhere
@@ -77,8 +105,10 @@ def hf_step(mode: str, task, vocab_size: int, batch: int) -> Step | None:
         import transformers  # noqa: F401
     except ImportError:
         return None
-    model, optimizer = build_hf(vocab_size, mode)
+    model, optimizer = build_hf(vocab_size, mode, preset)
     model.train()
+    if model_out is not None:
+        model_out.append(model)
 
     def step(i: int) -> None:
         loss = model(task.train_batch(i, batch))
@@ -100,7 +130,7 @@ def in_bf16(step: Step) -> Step:
     return run
 
 
-def time_interleaved(steps: dict[str, Step], rounds: int) -> tuple[dict[str, float], dict[str, float]]:
+def time_interleaved(steps: dict, rounds: int) -> tuple[dict, dict]:
     """Median seconds per step of each, measured in alternation, and the seconds of each one's
     untimed warm-up step (compile time for a compiled step)."""
     warmup = {}
@@ -108,7 +138,7 @@ def time_interleaved(steps: dict[str, Step], rounds: int) -> tuple[dict[str, flo
         start = time.perf_counter()
         step(0)
         warmup[name] = time.perf_counter() - start
-    times: dict[str, list[float]] = {name: [] for name in steps}
+    times: dict = {name: [] for name in steps}
     for i in range(rounds):
         for name, step in steps.items():
             start = time.perf_counter()
@@ -117,70 +147,169 @@ def time_interleaved(steps: dict[str, Step], rounds: int) -> tuple[dict[str, flo
     return {name: statistics.median(t) for name, t in times.items()}, warmup
 
 
-def profile_ours(recipe_path: str, batch: int, rows: int = 20) -> None:
+# --- FLOPs and the matmul ceiling ---------------------------------------------------------------
+
+
+def count_flops(step: Callable[[], None]) -> int:
+    """Matmul FLOPs (mm, bmm, addmm, attention; 2 per multiply-add) of one call of `step`."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+def ours_flops(mode: str, recipe_path: str, batch: int, overrides: tuple[str, ...], index: int = 1) -> int:
+    """FLOPs of one eager training step of ours (the compiled step runs the same matmuls)."""
+    built = build(_recipe(mode, recipe_path, batch, overrides))
+
+    def one() -> None:
+        loss, _ = step_loss(built.model, built.task.train_batch(index, batch))
+        loss.backward()
+
+    return count_flops(one)
+
+
+def ceiling_shapes(batch: int, width: int) -> dict[str, tuple[int, int, int]]:
+    """(m, k, n) of `[m, k] x [k, n]`: the models' GEMMs (B*T rows of width 128: the 128-wide
+    projections, q/k/v together, the weight gradient) and a large square."""
+    rows = batch * width
+    return {f"[{rows},128]x[128,128]": (rows, 128, 128), f"[{rows},128]x[128,384]": (rows, 128, 384),
+            f"[128,{rows}]x[{rows},128]": (128, rows, 128), "[2048,2048]x[2048,2048]": (2048, 2048, 2048)}
+
+
+def matmul_step(shape: tuple[int, int, int], dtype: torch.dtype, seconds: float = 0.05) -> tuple[Step, list[int]]:
+    """A step of `torch.mm` calls at `shape` (about `seconds` long on a quiet core; the count is fixed
+    by a first timing) and a list that receives its FLOPs."""
+    m, k, n = shape
+    a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+    start = time.perf_counter()
+    torch.mm(a, b)
+    calls = max(1, min(200, int(seconds / max(time.perf_counter() - start, 1e-6))))
+    flops = [2 * m * k * n * calls]
+
+    def step(_i: int) -> None:
+        for _ in range(calls):
+            torch.mm(a, b)
+
+    return step, flops
+
+
+# --- profile ------------------------------------------------------------------------------------
+
+
+def profile_ours(recipe_path: str, batch: int, overrides: tuple[str, ...], rows: int = 25) -> None:
     from torch.profiler import profile, record_function
 
-    step, built = ours_step("second", recipe_path, batch)
+    step, built = ours_step("second", recipe_path, batch, overrides)
     step(0)
-    with profile() as prof:
+    with profile(record_shapes=True) as prof:
         loss, _ = step_loss(built.model, built.task.train_batch(1, batch))
         with record_function("outer.backward"):
             loss.backward()
     averages = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in averages)
-    print(f"\nprofile of one second-order step (ours): {total / 1e3:.0f} ms of CPU self time")
+    gemm = sum(e.self_cpu_time_total for e in averages if e.key in ("aten::mm", "aten::bmm", "aten::addmm"))
+    print(f"\nprofile of one second-order step of ours ({' '.join(overrides)}): {total / 1e3:.0f} ms of CPU "
+          f"self time, GEMMs {gemm / 1e3:.0f} ms ({100 * gemm / max(total, 1):.0f}%)")
     for name in ("ttt.inner.forward", "ttt.inner.backward", "ttt.read", "outer.backward"):
         events = [e for e in averages if e.key == name]
         if events:
             print(f"  {name:20s} {events[0].cpu_time_total / 1e3:8.1f} ms  ({events[0].count} calls)")
     print(averages.table(sort_by="self_cpu_time_total", row_limit=rows))
+    print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=rows))
+
+
+# --- main ---------------------------------------------------------------------------------------
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per model and mode")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per row")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--recipe", default="recipes/baseline_ar_n1.toml")
-    parser.add_argument("--modes", default="second,first")
-    parser.add_argument("--no-hf", action="store_true", help="skip the Hugging Face reference")
-    parser.add_argument("--profile", action="store_true")
-    parser.add_argument("--compile", action="store_true", help="add ours with [train] compile = true")
-    parser.add_argument("--bf16", action="store_true",
-                        help="add every model again under bfloat16 autocast ([train] precision = \"bf16\"; HF too)")
+    parser.add_argument("--recipe", default=RECIPE)
+    parser.add_argument("--mode", default="second", choices=("second", "first"))
+    parser.add_argument("--rows", default="deck,recipe,recipe-fast,recipe-buckets,equal,equal-fast,equal-buckets",
+                        help=f"which rows: deck, {', '.join(ROWS)}")
+    parser.add_argument("--no-ceiling", action="store_true", help="skip the matmul ceiling")
+    parser.add_argument("--no-flops", action="store_true", help="skip counting FLOPs (one more eager step per row)")
+    parser.add_argument("--profile", action="store_true", help="then profile one eager step of ours at the deck's FLOPs")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="recipe override for ours, e.g. backbone.mlp_ratio=2.6667 (GPT-NeoX's MLP FLOPs)")
+                        help="recipe override for every row of ours, e.g. train.compile=false")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, K=2, {args.recipe} {' '.join(args.set)}")
-    print("| grad mode | model | precision | samples/s | / HF fp32 | / HF same precision |")
-    print("|---|---|---|---|---|---|")
-    for mode in args.modes.split(","):
+    names = [n.strip() for n in args.rows.split(",") if n.strip()]
+    unknown = [n for n in names if n != "deck" and n not in ROWS]
+    if unknown:
+        parser.error(f"unknown rows {unknown}; choose from deck, {', '.join(ROWS)}")
+    extra = tuple(args.set)
+    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, K=2, {args.mode} order, "
+          f"{args.steps} interleaved steps, {args.recipe} {' '.join(extra)}", flush=True)
+
+    torch.manual_seed(0)
+    task = build(_recipe(args.mode, args.recipe, args.batch, extra)).task
+    width = max(task.train_batch(i, args.batch).context.ids.shape[1] for i in range(args.steps + 1)) + 8
+    steps: dict[str, Step] = {}
+    labels: dict[str, str] = {}
+    precision: dict[str, str] = {}
+    flops: dict[str, int] = {}
+    deck_models: list = []
+    for name in names:
         torch.manual_seed(0)
-        ours, built = ours_step(mode, args.recipe, args.batch, tuple(args.set))
-        models = {"ours eager": ours}
-        if args.compile:
-            models["ours compiled"] = compiled_step(mode, args.recipe, args.batch, args.steps, tuple(args.set))
-        hf = None if args.no_hf else hf_step(mode, built.task, built.model.backbone.vocab_size, args.batch)
-        if hf is not None:
-            models["HF"] = hf
-        steps = {(name, "fp32"): step for name, step in models.items()}
-        if args.bf16:
-            steps |= {(name, "bf16"): in_bf16(step) for name, step in models.items()}
-        seconds, warmup = time_interleaved(steps, args.steps)
-        rate = {key: args.batch / s for key, s in seconds.items()}
-        for (name, precision), samples in rate.items():
-            hf32, hf_same = rate.get(("HF", "fp32")), rate.get(("HF", precision))
-            cells = [mode, name, precision, f"{samples:.1f}",
-                     f"{samples / hf32:.2f}x" if hf32 else "", f"{samples / hf_same:.2f}x" if hf_same else ""]
-            print("| " + " | ".join(cells) + " |", flush=True)
-        if args.compile:
-            compiles = ", ".join(f"{p} {warmup[(n, p)] - seconds[(n, p)]:.0f} s" for n, p in steps if n == "ours compiled")
-            print(f"({mode}: compile time, untimed warm-up step minus a step: {compiles})")
-        if hf is None:
-            print("(HF skipped: " + ("--no-hf)" if args.no_hf else "pip install transformers)"))
+        if name == "deck":
+            step = hf_step(args.mode, task, 128, args.batch, "deck", deck_models)
+            if step is None:
+                print("(deck row skipped: pip install transformers)")
+                continue
+            steps[name], labels[name], precision[name] = step, "the deck's GradMemGPT (HF GPT-NeoX), eager fp32", "fp32"
+            if not args.no_flops:
+                flops[name] = count_flops(lambda: deck_models[0](task.train_batch(1, args.batch)).backward())
+                deck_models[0].zero_grad(set_to_none=True)
+            continue
+        label, overrides, fast = ROWS[name]
+        overrides = overrides + extra
+        if fast:
+            steps[name] = in_bf16(compiled_step(args.mode, args.recipe, args.batch, args.steps, overrides))
+        else:
+            steps[name] = ours_step(args.mode, args.recipe, args.batch, overrides)[0]
+        labels[name], precision[name] = label, "bf16" if fast else "fp32"
+        if not args.no_flops:
+            flops[name] = ours_flops(args.mode, args.recipe, args.batch, overrides)
+    ceiling: dict[tuple[str, str], list[int]] = {}
+    if not args.no_ceiling:
+        for shape_name, shape in ceiling_shapes(args.batch, width).items():
+            for dtype_name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+                steps[f"mm {dtype_name} {shape_name}"], ceiling[(dtype_name, shape_name)] = matmul_step(shape, dtype)
+
+    seconds, warmup = time_interleaved(steps, args.steps)
+
+    gflops: dict[tuple[str, str], float] = {key: f[0] / seconds[f"mm {key[0]} {key[1]}"] / 1e9 for key, f in ceiling.items()}
+    if gflops:
+        print("\nmatmul ceiling (torch.mm, GFLOP/s, timed in the same rounds):")
+        print("| shape | fp32 | bf16 |")
+        print("|---|---|---|")
+        for shape_name in ceiling_shapes(args.batch, width):
+            print(f"| {shape_name} | {gflops[('fp32', shape_name)]:.1f} | {gflops[('bf16', shape_name)]:.1f} |")
+    model_shapes = [s for s in ceiling_shapes(args.batch, width) if not s.startswith("[2048")]
+    best = {p: max(gflops[(p, s)] for s in model_shapes) for p in ("fp32", "bf16")} if gflops else {}
+    deck = seconds.get("deck")
+    print("\n| row | samples/s | / deck | GFLOP per step | GFLOP/s | of ceiling at these shapes |")
+    print("|---|---|---|---|---|---|")
+    for name in labels:
+        rate = args.batch / seconds[name]
+        achieved = flops[name] / seconds[name] / 1e9 if name in flops else None
+        cells = [labels[name], f"{rate:.1f}", f"{deck / seconds[name]:.2f}x" if deck else "",
+                 f"{flops[name] / 1e9:.2f}" if name in flops else "",
+                 f"{achieved:.1f}" if achieved else "",
+                 f"{100 * achieved / best[precision[name]]:.0f}% ({precision[name]})" if achieved and best else ""]
+        print("| " + " | ".join(cells) + " |", flush=True)
+    compiled = [n for n in labels if ROWS.get(n, ("", (), False))[2]]
+    if compiled:
+        print("(compile time, untimed first step minus a step: "
+              + ", ".join(f"{n} {warmup[n] - seconds[n]:.0f} s" for n in compiled) + ")")
     if args.profile:
-        profile_ours(args.recipe, args.batch)
+        profile_ours(args.recipe, args.batch, EQUAL_FLOPS + extra)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""Two examples per row (`ttt_core.packing`, `[memory.learner] pack_pairs`): same results as the
-padded layout, first and second order, eager and through the functional (compiled) step."""
+"""Two examples per row (`ttt_core.packing`, `[memory.learner] pack_pairs`) and length groups
+(`length_buckets`): same results as the padded layout, first and second order, eager and through the
+functional (compiled) step."""
 
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from ttt_core.builtin.configs import LlamaConfig
 from ttt_core.builtin.llama import Llama
 from ttt_core.episode import Segment
 from ttt_core.model import prefixed_logits
-from ttt_core.packing import packed_prefixed_logits, plan_pairs
+from ttt_core.packing import packed_prefixed_logits, plan_buckets, plan_pairs
 from ttt_core.recipe import load_recipe
 from ttt_core.build import build
 from ttt_core.train.functional import FunctionalStep
@@ -62,16 +63,20 @@ def test_packed_logits_equal_padded():
     assert torch.allclose(packed[real], padded[real], atol=1e-5)
 
 
-def two_models(overrides: list[str]):
-    """The tiny baseline twice from one seed, the second with `pack_pairs`, and an odd batch."""
+def two_models(overrides: list[str], layout: str = "memory.learner.pack_pairs=true"):
+    """The tiny baseline twice from one seed, the second with `layout` (`pack_pairs`), and an odd batch."""
     plain = build(load_recipe(TINY, overrides))
-    packed = build(load_recipe(TINY, [*overrides, "memory.learner.pack_pairs=true"]))
+    packed = build(load_recipe(TINY, [*overrides, layout]))
     return plain, packed, plain.task.train_batch(0, 7)
 
 
-@pytest.mark.parametrize("grad_mode", ["second", "first"])
-def test_packed_training_step_equals_padded(grad_mode, assert_same_gradients):
-    plain, packed, episode = two_models([f"inner.grad_mode='{grad_mode}'"])
+BUCKETS = "memory.learner.length_buckets=3"
+
+
+@pytest.mark.parametrize("grad_mode,layout", [("second", "pairs"), ("first", "pairs"), ("second", "buckets")])
+def test_packed_training_step_equals_padded(grad_mode, layout, assert_same_gradients):
+    plain, packed, episode = two_models([f"inner.grad_mode='{grad_mode}'"],
+                                        BUCKETS if layout == "buckets" else "memory.learner.pack_pairs=true")
     losses = []
     for built in (plain, packed):
         loss, out = step_loss(built.model, episode)
@@ -95,6 +100,34 @@ def test_functional_step_packs_at_a_width_that_only_grows(assert_same_gradients)
     assert width % 8 == 0 and width >= plan_pairs(episode.context.mask, packed.model.learner.tokens).mask.shape[1]
     narrow = Segment(episode.context.ids[:, :3], episode.context.mask[:, :3])
     assert step._pad_and_pack("context", narrow).packing.mask.shape[1] == width  # never narrower
+
+
+def test_buckets_group_by_length():
+    mask = right_padded_mask([5, 1, 3, 4, 2, 7, 6])
+    plan = plan_buckets(mask, 3)
+    assert plan.sizes == (3, 2, 2) and plan.widths == (7, 4, 2)  # [7, 6, 5], [4, 3], [2, 1]
+    assert plan.order.tolist() == [5, 6, 0, 3, 2, 4, 1]
+    assert torch.equal(plan.order[plan.inverse], torch.arange(7))
+    assert plan_buckets(mask, 3, min_widths=(0, 5, 0), multiple=4).widths == (7, 7, 4)  # at most T = 7
+
+
+def test_functional_step_with_buckets_equals_padded(assert_same_gradients):
+    plain, packed, episode = two_models(["inner.grad_mode='second'"], BUCKETS)
+    loss, _ = step_loss(plain.model, episode)
+    loss.backward()
+    torch.compiler.reset()
+    step = FunctionalStep(packed.model, compile=True, backend="aot_eager")
+    f_loss, _ = step(episode)
+    assert torch.allclose(f_loss, loss.detach(), rtol=1e-6)
+    assert_same_gradients(plain.model, packed.model, tol=1e-5)
+    widths = step.widths["context.packed"]
+    narrow = Segment(episode.context.ids[:, :3], episode.context.mask[:, :3])
+    assert step._pad_and_pack("context", narrow).packing.widths == widths  # never narrower
+
+
+def test_pairs_and_buckets_exclude_each_other():
+    with pytest.raises(Exception, match="choose one"):
+        build(load_recipe(TINY, ["memory.learner.pack_pairs=true", BUCKETS]))
 
 
 def test_pack_pairs_is_off_by_default():

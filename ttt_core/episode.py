@@ -14,17 +14,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ttt_core.packing import PairPacking
+from ttt_core.packing import LengthBuckets, PairPacking
 
 
 @attrs.frozen(eq=False)
 class Segment:
     """A right-padded batch of token sequences: ids `[B, T]` long, mask `[B, T]` bool; optionally the
-    pair layout of its rows behind a learner's prefix (`ttt_core.packing`, attached by the learner)."""
+    pair layout of its rows behind a learner's prefix or its length groups (`ttt_core.packing`,
+    attached by the learner)."""
 
     ids: Tensor
     mask: Tensor
-    packing: PairPacking | None = None
+    packing: PairPacking | LengthBuckets | None = None
 
     @classmethod
     def from_lists(cls, seqs: Sequence[Sequence[int]], pad_id: int = 0) -> Segment:
@@ -41,7 +42,7 @@ class Segment:
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Segment:
         move = lambda x: x.to(device, non_blocking=non_blocking)  # noqa: E731
-        packing = None if self.packing is None else PairPacking(*map(move, self.packing))
+        packing = None if self.packing is None else self.packing.to(device, non_blocking)
         return Segment(move(self.ids), move(self.mask), packing)
 
 

@@ -10,6 +10,12 @@ wide as its longest pair. Results equal the padded layout's up to float rounding
 `plan_pairs` makes the layout from the mask (outside any compiled graph: it reads lengths);
 `packed_prefixed_logits` runs the backbone on it and returns logits in the padded layout, so the
 learner's loss is unchanged.
+
+Length buckets (`plan_buckets`) are the other way to skip padding, for any backbone: the examples
+sorted by length and split into a few groups, each run as its own batch only as wide as its longest
+example. Per-token work drops about as much as with pairs, and attention, which pairs make twice as
+wide (`[2T, 2T]` scores per row, half of them masked), drops too: each group's scores are only as
+wide as the group.
 """
 
 from __future__ import annotations
@@ -29,6 +35,59 @@ class PairPacking(NamedTuple):
     mask: Tensor  # [R, W] bool: real positions
     positions: Tensor  # [R, W] long: position within its own example (RoPE)
     segments: Tensor  # [R, W] long: which example a position belongs to (-1: padding)
+
+    @property
+    def width(self) -> int:
+        """Packed row width: what a compiled step passes back as `min_width` (static shapes)."""
+        return self.mask.shape[1]
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> PairPacking:
+        return PairPacking(*(t.to(device, non_blocking=non_blocking) for t in self))
+
+
+class LengthBuckets(NamedTuple):
+    """Examples grouped by length: `order[start:start + sizes[i]]` (longest first) form group i, whose
+    context is cut to `widths[i]` tokens. The sizes and widths are Python ints: static shapes."""
+
+    order: Tensor  # [B] long: example indices, group after group
+    inverse: Tensor  # [B] long: where each example sits in `order`
+    sizes: tuple[int, ...]
+    widths: tuple[int, ...]
+
+    @property
+    def width(self) -> tuple[int, ...]:
+        """Every group's width: what a compiled step passes back as `min_width` (static shapes)."""
+        return self.widths
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> LengthBuckets:
+        move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
+        return LengthBuckets(move(self.order), move(self.inverse), self.sizes, self.widths)
+
+    def groups(self) -> list[tuple[Tensor, int]]:
+        """(example indices, width) of each group."""
+        starts = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
+        return [(self.order[a : a + n], w) for a, n, w in zip(starts, self.sizes, self.widths)]
+
+
+def plan_buckets(mask: Tensor, buckets: int, min_widths: tuple[int, ...] | int = (), multiple: int = 1) -> LengthBuckets:
+    """`buckets` groups of a right-padded mask `[B, T]`'s examples by length (sizes differ by at most
+    one), each as wide as its longest, at least `min_widths[i]`, rounded up to `multiple`, at most T
+    (a compiled step passes the widest so far: static shapes, few compiles)."""
+    b, t = mask.shape
+    lengths = mask.sum(-1)
+    order = torch.sort(lengths, descending=True, stable=True).indices
+    count = max(1, min(buckets, b))
+    sizes = tuple(b // count + (1 if i < b % count else 0) for i in range(count))
+    minimum = tuple(min_widths) if isinstance(min_widths, tuple) else ()
+    sorted_lengths = lengths[order].tolist()
+    widths, start = [], 0
+    for i, size in enumerate(sizes):
+        need = max(sorted_lengths[start] if size else 0, minimum[i] if i < len(minimum) else 0, 1)
+        widths.append(min(t, -(-need // multiple) * multiple))
+        start += size
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(b, device=order.device)
+    return LengthBuckets(order, inverse, sizes, tuple(widths))
 
 
 def _pairs(lengths: list[int]) -> list[list[int]]:

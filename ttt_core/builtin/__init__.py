@@ -17,7 +17,8 @@ from ttt_core.registry import ProviderRegistry
 
 
 def memory_tokens_needs(config: MemoryTokensConfig) -> dict[str, tuple[str, ...]]:
-    """With `pack_pairs` the context pass runs two examples per row through the backbone."""
+    """With `pack_pairs` the context pass runs two examples per row through the backbone
+    (`length_buckets` needs nothing of it: each group is a plain padded batch)."""
     return {"backbone": ("packed_rows",)} if config.pack_pairs else {}
 
 

@@ -50,6 +50,14 @@ class MemoryTokensConfig:
     # the context pass on two examples per row (ttt_core.packing): less padding, same results up to
     # float rounding; needs a backbone whose forward takes `positions` and `segments` (llama does)
     pack_pairs: bool = False
+    # the context pass in `length_buckets` groups of examples sorted by length, each run only as wide
+    # as its longest (ttt_core.packing): less padding and narrower attention, same results up to float
+    # rounding, any backbone; 1 = off; not together with pack_pairs
+    length_buckets: int = attrs.field(default=1, validator=positive)
+
+    def __attrs_post_init__(self) -> None:
+        if self.pack_pairs and self.length_buckets > 1:
+            raise ValueError("options 'pack_pairs' and 'length_buckets' both lay out the context pass: choose one")
 
 
 @attrs.define

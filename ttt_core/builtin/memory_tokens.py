@@ -10,7 +10,7 @@ from ttt_core.builtin.configs import MemoryTokensConfig
 from ttt_core.episode import Segment
 from ttt_core.interfaces import InnerLearner, State
 from ttt_core.model import lm_loss_per_example, prefixed_logits
-from ttt_core.packing import packed_prefixed_logits, plan_pairs
+from ttt_core.packing import LengthBuckets, PairPacking, packed_prefixed_logits, plan_buckets, plan_pairs
 
 WRITER = "writer."
 
@@ -32,6 +32,7 @@ class MemoryTokens(nn.Module, InnerLearner):
         self.writer = writer
         self.tokens = config.tokens
         self.pack_pairs = config.pack_pairs
+        self.length_buckets = config.length_buckets
         self.memory = nn.Parameter(torch.randn(config.tokens, backbone.dim) * config.init_std)
 
     def init_state(self, batch_size: int) -> State:
@@ -41,30 +42,51 @@ class MemoryTokens(nn.Module, InnerLearner):
 
     def _run(self, state: State, ids: Tensor, mask: Tensor, context: Segment | None) -> Tensor:
         """Logits over ``[memory; ids]``."""
-        context_emb = None if context is None else self.backbone.embed(context.ids)
-        context_mask = None if context is None else context.mask
+        return self._logits(state, ids, mask, None if context is None else (context.ids, context.mask, context.packing))
+
+    def _logits(self, state: State, ids: Tensor, mask: Tensor,
+                context: tuple[Tensor, Tensor, PairPacking | LengthBuckets | None] | None) -> Tensor:
+        """`_run` with the context as (ids, mask, packing): a length group is no `Segment`, which
+        dynamo cannot build inside a compiled step (a frozen attrs class)."""
+        context_emb = None if context is None else self.backbone.embed(context[0])
+        context_mask = None if context is None else context[1]
         memory = self.writer(writer_state(state), state["memory"], context_emb, context_mask)
         # the inner loss runs on the context itself: embed it once, not once for the writer and again here
-        if context is not None and ids is context.ids:
-            packing = context.packing
+        if context is not None and ids is context[0]:
+            packing = context[2] if isinstance(context[2], PairPacking) else None
             if packing is None and self.pack_pairs and not torch.compiler.is_compiling():
-                packing = plan_pairs(context.mask, self.tokens)  # eager; a compiled step attaches it before tracing
+                packing = plan_pairs(context_mask, self.tokens)  # eager; a compiled step attaches it before tracing
             if packing is not None:
                 return packed_prefixed_logits(self.backbone, memory, context_emb, packing)
             return prefixed_logits(self.backbone, memory, context_emb, mask)
         return prefixed_logits(self.backbone, memory, self.backbone.embed(ids), mask)
 
-    def pack(self, segment: Segment, min_width: int = 0) -> Segment:
-        """`segment` with its pair layout attached, rows a multiple of 8 and at least `min_width` wide
-        (a compiled step passes the widest so far: static shapes); unchanged unless `pack_pairs`."""
+    def pack(self, segment: Segment, min_width: int | tuple[int, ...] = 0) -> Segment:
+        """`segment` with its pair layout (rows a multiple of 8 wide) or its length groups (each a
+        multiple of 4 wide) attached, at least `min_width` (a compiled step passes the widest so far:
+        static shapes); unchanged unless `pack_pairs` or `length_buckets`."""
+        if self.length_buckets > 1:
+            return attrs.evolve(segment, packing=plan_buckets(segment.mask, self.length_buckets, min_width, multiple=4))
         if not self.pack_pairs:
             return segment
-        return attrs.evolve(segment, packing=plan_pairs(segment.mask, self.tokens, min_width, multiple=8))
+        return attrs.evolve(segment, packing=plan_pairs(segment.mask, self.tokens, int(min_width or 0), multiple=8))
 
     def inner_loss(self, state: State, segment: Segment) -> Tensor:
+        buckets = segment.packing
+        if buckets is None and self.length_buckets > 1 and not torch.compiler.is_compiling():
+            buckets = plan_buckets(segment.mask, self.length_buckets)  # eager; a compiled step attaches it
+        if not isinstance(buckets, LengthBuckets):
+            return self._inner_loss(state, segment.ids, segment.mask, segment.packing)
+        losses = []
+        for index, width in buckets.groups():  # each group its own batch, only as wide as its longest
+            ids, mask = segment.ids.index_select(0, index)[:, :width], segment.mask.index_select(0, index)[:, :width]
+            losses.append(self._inner_loss({k: v.index_select(0, index) for k, v in state.items()}, ids, mask, None))
+        return torch.cat(losses).index_select(0, buckets.inverse)
+
+    def _inner_loss(self, state: State, ids: Tensor, mask: Tensor, packing: PairPacking | None) -> Tensor:
         # the last memory position predicts the first token; the last token predicts nothing
-        logits = self._run(state, segment.ids, segment.mask, segment)[:, self.tokens - 1 : -1]
-        return lm_loss_per_example(logits, segment.ids, segment.mask)
+        logits = self._logits(state, ids, mask, (ids, mask, packing))[:, self.tokens - 1 : -1]
+        return lm_loss_per_example(logits, ids, mask)
 
     def forward(self, state: State, ids: Tensor, mask: Tensor, context: Segment | None = None) -> Tensor:
         """Logits where position t predicts ids[t + 1] (the usual convention)."""

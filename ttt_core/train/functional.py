@@ -105,15 +105,15 @@ class FunctionalStep:
         return pad_segment(segment, width)
 
     def _pad_and_pack(self, name: str, segment: Segment) -> Segment:
-        """Padded, then with the learner's pair layout attached (`pack_pairs`) at the widest row width
-        seen for the slot: static shapes, few compiles."""
+        """Padded, then with the learner's layout attached (`pack_pairs`, `length_buckets`) at the
+        widest row width (each group's widest) seen for the slot: static shapes, few compiles."""
         segment = self._pad(name, segment)
         learner = self.model.learner
         if not isinstance(learner, PacksContext):
             return segment
         packed = learner.pack(segment, self.widths.get(name + ".packed", 0))
         if packed.packing is not None:
-            self.widths[name + ".packed"] = packed.packing.mask.shape[1]
+            self.widths[name + ".packed"] = packed.packing.width
         return packed
 
     def pad(self, episode: Episode) -> Episode:
