@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_throughput import ours_step, time_interleaved  # noqa: E402
 
 RECIPES = {"llama": "recipes/baseline_ar_n1.toml", "hf (gpt_neox)": "recipes/hf_neox_ar_n1.toml"}
+SAME_LAYOUT = {"llama": ("memory.learner.length_buckets=1",), "hf (gpt_neox)": ()}  # both padded
 
 
 def main() -> None:
@@ -39,7 +40,7 @@ def main() -> None:
         steps, sizes = {}, {}
         for name, recipe in RECIPES.items():
             torch.manual_seed(0)
-            steps[name], built = ours_step(mode, recipe, args.batch, tuple(args.set))
+            steps[name], built = ours_step(mode, recipe, args.batch, SAME_LAYOUT[name] + tuple(args.set))
             sizes[name] = sum(p.numel() for p in built.model.backbone.parameters())
         seconds, _warmup = time_interleaved(steps, args.steps)
         llama = args.batch / seconds["llama"]

@@ -24,6 +24,7 @@ from train_throughput import in_bf16, ours_step, time_interleaved  # noqa: E402
 
 LORA = "recipes/lora_ar_n1.toml"
 TOKENS = "recipes/baseline_ar_n1.toml"
+TOKENS_SAME_BACKBONE = ("backbone.mlp_ratio=2.6667", "memory.learner.length_buckets=1")  # lora_ar_n1's
 
 
 def fast_parameters(learner: torch.nn.Module) -> int:
@@ -51,7 +52,7 @@ def main() -> None:
     for mode in args.modes.split(","):
         torch.manual_seed(0)
         lora, lora_built = ours_step(mode, LORA, args.batch, tuple(args.lora_set))
-        tokens, tokens_built = ours_step(mode, TOKENS, args.batch, tuple(args.tokens_set))
+        tokens, tokens_built = ours_step(mode, TOKENS, args.batch, TOKENS_SAME_BACKBONE + tuple(args.tokens_set))
         sizes = {"lora": fast_parameters(lora_built.model.learner), "memory tokens": fast_parameters(tokens_built.model.learner)}
         steps = {("lora", "fp32"): lora, ("memory tokens", "fp32"): tokens}
         if args.bf16:

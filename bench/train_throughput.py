@@ -6,16 +6,17 @@ side by side in one process, with each step's matmul FLOPs and the machine's mat
 Rows (second order, K = 2, batch 64 unless told otherwise):
 
     deck         the deck's GradMemGPT as its code runs it (HF GPT-NeoX, eager fp32): 1.00x
-    recipe       `recipes/baseline_ar_n1.toml` as a user runs it (`ttt run`: eager fp32)
-    recipe-fast  the same with the fast setting: compile + bf16 + pack_pairs
-    equal        ours at the deck's matmul FLOPs: the recipe with `backbone.mlp_ratio = 0.6667` (llama
-                 at width 128, 4 layers, 4 heads; SwiGLU hidden int(0.6667 * 128) = 85, three 128x85
-                 matrices = 32,640 MACs per token against the deck's two 128x128 = 32,768)
-    equal-fast   that with the fast setting
-    recipe-buckets, equal-buckets
-                 compile + bf16 + `[memory.learner] length_buckets = 2` instead of pack_pairs: the
-                 context pass as two batches of examples grouped by length, each only as wide as its
-                 longest (`ttt_core.packing.plan_buckets`), so attention is not widened as by pairs
+    recipe       `recipes/baseline_ar_n1.toml` as `ttt run` runs it on this machine: its
+                 `compile = "auto"` and `precision = "auto"` resolved here (`ttt_core.train.fast`),
+                 `length_buckets = 2`. Its model is at the deck's matmul FLOPs: llama at width 128,
+                 4 layers, 4 heads; SwiGLU hidden int(0.6667 * 128) = 85, three 128x85 matrices =
+                 32,640 MACs per token against the deck's two 128x128 = 32,768
+    eager        the recipe opted out: eager fp32 (`--set train.compile=false
+                 --set "train.precision='fp32'"`)
+    padded       that without `length_buckets` (every example padded to the batch's longest)
+    pairs        compile + bf16 with `pack_pairs` (two examples per row) instead of length_buckets
+    mlp341       the recipes' model before 2026-12-06 (SwiGLU hidden 341: 1.85x the deck's FLOPs),
+                 compile + bf16 + length_buckets
 
 Every model trains on the same batches; their steps are interleaved (deck, recipe, ..., deck, ...)
 so load from other processes hits them alike; samples/s is batch / median step time. The matmul
@@ -41,23 +42,24 @@ import torch
 from ttt_core.build import build
 from ttt_core.objective import autocast, step_loss
 from ttt_core.recipe import load_recipe
+from ttt_core.train.fast import choose_fast_settings
 from ttt_core.train.functional import FunctionalStep
 
 Step = Callable[[int], None]
 
 RECIPE = "recipes/baseline_ar_n1.toml"
-EQUAL_FLOPS = ("backbone.mlp_ratio=0.6667",)
-FAST = ("memory.learner.pack_pairs=true",)  # + compile + bf16
-BUCKETS = ("memory.learner.length_buckets=2",)  # the context pass in two length groups
-ROWS: dict[str, tuple[str, tuple[str, ...], bool]] = {
-    # name -> (label, recipe overrides, fast)
-    "recipe": ("ours, baseline_ar_n1.toml as shipped, eager fp32", (), False),
-    "recipe-fast": ("ours, baseline_ar_n1.toml, compile + bf16 + pack_pairs", FAST, True),
-    "equal": ("ours at the deck's FLOPs (mlp_ratio 0.6667), eager fp32", EQUAL_FLOPS, False),
-    "equal-fast": ("ours at the deck's FLOPs, compile + bf16 + pack_pairs", EQUAL_FLOPS + FAST, True),
-    "equal-buckets": ("ours at the deck's FLOPs, compile + bf16 + length_buckets = 2", EQUAL_FLOPS + BUCKETS, True),
-    "recipe-buckets": ("ours, baseline_ar_n1.toml, compile + bf16 + length_buckets = 2", BUCKETS, True),
+OPT_OUT = ("train.compile=false", "train.precision='fp32'")
+FAST = ("train.compile=true", "train.precision='bf16'")
+ROWS: dict[str, tuple[str, tuple[str, ...]]] = {
+    # name -> (label, recipe overrides); compile and precision come from the recipe (auto: this machine)
+    "recipe": ("ours, baseline_ar_n1.toml as `ttt run` runs it here", ()),
+    "eager": ("ours, baseline_ar_n1.toml opted out: eager fp32", OPT_OUT),
+    "padded": ("ours, eager fp32, no length_buckets", OPT_OUT + ("memory.learner.length_buckets=1",)),
+    "pairs": ("ours, compile + bf16 + pack_pairs", FAST + ("memory.learner.length_buckets=1", "memory.learner.pack_pairs=true")),
+    "mlp341": ("ours, SwiGLU hidden 341 (1.85x the FLOPs), compile + bf16 + length_buckets",
+               FAST + ("backbone.mlp_ratio=2.6667",)),
 }
+PROFILED = OPT_OUT  # what --profile profiles: the recipe's model, eager fp32
 
 
 def _recipe(mode: str, recipe_path: str, batch: int, overrides: tuple[str, ...]):
@@ -230,7 +232,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--recipe", default=RECIPE)
     parser.add_argument("--mode", default="second", choices=("second", "first"))
-    parser.add_argument("--rows", default="deck,recipe,recipe-fast,recipe-buckets,equal,equal-fast,equal-buckets",
+    parser.add_argument("--rows", default="deck,recipe,eager,padded,pairs,mlp341",
                         help=f"which rows: deck, {', '.join(ROWS)}")
     parser.add_argument("--no-ceiling", action="store_true", help="skip the matmul ceiling")
     parser.add_argument("--no-flops", action="store_true", help="skip counting FLOPs (one more eager step per row)")
@@ -255,6 +257,7 @@ def main() -> None:
     precision: dict[str, str] = {}
     flops: dict[str, int] = {}
     deck_models: list = []
+    compiled: list[str] = []
     for name in names:
         torch.manual_seed(0)
         if name == "deck":
@@ -267,13 +270,19 @@ def main() -> None:
                 flops[name] = count_flops(lambda: deck_models[0](task.train_batch(1, args.batch)).backward())
                 deck_models[0].zero_grad(set_to_none=True)
             continue
-        label, overrides, fast = ROWS[name]
+        label, overrides = ROWS[name]
         overrides = overrides + extra
-        if fast:
-            steps[name] = in_bf16(compiled_step(args.mode, args.recipe, args.batch, args.steps, overrides))
+        train, _note = choose_fast_settings(_recipe(args.mode, args.recipe, args.batch, overrides).train,
+                                            torch.device("cpu"), single_process=True)
+        if train.compile:
+            steps[name] = compiled_step(args.mode, args.recipe, args.batch, args.steps, overrides)
+            compiled.append(name)
         else:
             steps[name] = ours_step(args.mode, args.recipe, args.batch, overrides)[0]
-        labels[name], precision[name] = label, "bf16" if fast else "fp32"
+        if train.precision == "bf16":
+            steps[name] = in_bf16(steps[name])
+        labels[name] = f"{label} ({'compiled' if train.compile else 'eager'} {train.precision})"
+        precision[name] = train.precision
         if not args.no_flops:
             flops[name] = ours_flops(args.mode, args.recipe, args.batch, overrides)
     ceiling: dict[tuple[str, str], list[int]] = {}
@@ -304,12 +313,11 @@ def main() -> None:
                  f"{achieved:.1f}" if achieved else "",
                  f"{100 * achieved / best[precision[name]]:.0f}% ({precision[name]})" if achieved and best else ""]
         print("| " + " | ".join(cells) + " |", flush=True)
-    compiled = [n for n in labels if ROWS.get(n, ("", (), False))[2]]
     if compiled:
         print("(compile time, untimed first step minus a step: "
               + ", ".join(f"{n} {warmup[n] - seconds[n]:.0f} s" for n in compiled) + ")")
     if args.profile:
-        profile_ours(args.recipe, args.batch, EQUAL_FLOPS + extra)
+        profile_ours(args.recipe, args.batch, PROFILED + extra)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,14 @@ def in_range(low: float, high: float) -> Callable[[Any, attrs.Attribute, Any], N
     return check
 
 
+def _bool_or_auto(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not (isinstance(value, bool) or value == "auto"):
+        raise ValueError(f"option '{attribute.name}' must be true, false or \"auto\"; got {value!r}")
+
+
+_bool_or_auto.allowed = 'true, false or "auto"'  # type: ignore[attr-defined]
+
+
 SEED_MAX = 2**64 - 1
 """The largest seed `torch.manual_seed` accepts."""
 
@@ -93,14 +101,16 @@ class TrainConfig:
     """Keep `checkpoints/best.pt`: the weights of the best validation headline metric so far."""
     patience: int | None = attrs.field(default=None, validator=positive)
     """Early stopping: validations in a row without a better headline before the run stops (None: never)."""
-    compile: bool = False
+    compile: bool | str = attrs.field(default=False, validator=_bool_or_auto)
     """Compute each step's outer gradient as one `torch.compile`d functional program
     (`ttt_core.train.functional`): inductor fuses the elementwise work of the inner loop's double
-    backward. Single process only; the first steps compile (minutes on CPU)."""
-    precision: str = attrs.field(default="fp32", validator=one_of("fp32", "bf16"))
+    backward. Single process only; the first steps compile (minutes on CPU, cached for later runs).
+    "auto": on for one process with a compiler and at least 500 steps (`ttt_core.train.fast`)."""
+    precision: str = attrs.field(default="fp32", validator=one_of("fp32", "bf16", "auto"))
     """"bf16": forward, inner loop and evaluation under `torch.autocast(bfloat16)`, so matmuls and
     attention run in bfloat16 (faster GEMMs on a CPU with AVX512-BF16 or AMX, and on GPUs);
-    parameters, optimizer state, inner fast weights and losses stay float32."""
+    parameters, optimizer state, inner fast weights and losses stay float32. "auto": bf16 where
+    the device computes in bfloat16 natively, else fp32."""
 
 
 @attrs.define

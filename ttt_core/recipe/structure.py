@@ -57,6 +57,8 @@ def make_converter() -> cattrs.Converter:
     converter.register_structure_hook(float, _strict(float, "a number"))
     converter.register_structure_hook(str, _strict(str, "a string"))
     converter.register_structure_hook(bool, _strict(bool, "a boolean (true or false)"))
+    # a flag that also takes a word (`compile = "auto"`): either passes, the field's validator decides
+    converter.register_structure_hook_func(lambda t: t == (bool | str), lambda value, _t: value)
     # a string is iterable: without this, paths = "x" would become ["x"] letter by letter; the
     # type check runs first, then cattrs' own list/tuple handling (of a copy without this hook)
     plain = converter.copy()

@@ -189,7 +189,7 @@ def build_recipe(
         tables[name] = config
 
     train, distributed = tables["train"], tables["distributed"]
-    if train is not None and train.compile and distributed is not None and distributed.backend != "none":
+    if train is not None and train.compile is True and distributed is not None and distributed.backend != "none":
         problems.append(("train", f"compile = true runs the single-process trainer only; the {distributed.backend} "
                                   "engine steps eagerly (set compile = false, or distributed.backend = \"none\")"))
 

@@ -20,6 +20,7 @@ from ttt_core.objective import evaluate
 from ttt_core.recipe import Recipe, load_recipe
 from ttt_core.train.checkpoint import CHOICES, load_model_state, load_weights, write_text_atomic
 from ttt_core.train.device import pick_device
+from ttt_core.train.fast import choose_fast_settings
 from ttt_core.train.stages import stage_dir
 
 
@@ -69,7 +70,8 @@ def eval_command(run_dir: str, split: str = "test", checkpoint: str | None = Non
     from ttt_core.train.console import Console
 
     console = Console()
-    result = evaluate(built.model, built.task, split, samples, recipe.eval.batch_size, run.device, recipe.train.precision,
+    precision = choose_fast_settings(recipe.train, run.device, single_process=True)[0].precision
+    result = evaluate(built.model, built.task, split, samples, recipe.eval.batch_size, run.device, precision,
                       progress=lambda batches: console.evaluating(batches, split, samples, recipe.eval.batch_size))
     result = {"checkpoint": str(run.checkpoint), "step": run.step, "split": split, "overrides": list(overrides), **result}
     text = json.dumps(result, indent=2)

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import torch
 
 from ttt_core.build import build
@@ -34,6 +35,7 @@ from ttt_core.train.backends import Progress, StepBackend, StepContext, default_
 from ttt_core.train.checkpoint import load_model_state, load_weights, write_text_atomic
 from ttt_core.train.console import Console
 from ttt_core.train.device import pick_device
+from ttt_core.train.fast import choose_fast_settings
 from ttt_core.train.rundir import (
     MetricsLog,
     check_run_dir,
@@ -62,7 +64,6 @@ class Trainer:
     ) -> None:
         if recipe.stages:
             raise TTTError(f"{recipe.source}: a recipe with [[stages]] trains through ttt_core.train.stages.run_stages")
-        self.recipe = recipe
         self.run_dir = Path(run_dir)
         self.quiet = quiet or rank != 0
         self.is_main = rank == 0
@@ -72,6 +73,11 @@ class Trainer:
         if recipe.train.threads:
             torch.set_num_threads(recipe.train.threads)
         self.device = pick_device(recipe.train.device)
+        self.given_recipe = recipe  # what the run directory stores: "auto" is chosen again on resume
+        train, note = choose_fast_settings(recipe.train, self.device, recipe.distributed.backend == "none")
+        self.recipe = recipe = attrs.evolve(recipe, train=train)
+        if note:
+            self.console.note(note)
         built = build(recipe, self.device)
         self.task, self.model, self.optimizer = built.task, built.model, built.optimizer
         self.backend = backend if backend is not None else default_backend(recipe)
@@ -95,10 +101,10 @@ class Trainer:
         if not self.is_main:
             return
         make_run_dir(self.run_dir)
-        check_run_dir(self.recipe, self.run_dir)
+        check_run_dir(self.given_recipe, self.run_dir)
         clean_stale_temporaries(self.run_dir)
         # atomic: the other ranks of a resumed run read recipe.toml while rank 0 rewrites it
-        write_text_atomic(self.run_dir / "recipe.toml", dumps_toml(self.recipe.resolved()))
+        write_text_atomic(self.run_dir / "recipe.toml", dumps_toml(self.given_recipe.resolved()))
         write_text_atomic(self.run_dir / "versions.json", json.dumps(versions(), indent=2) + "\n")
 
     def save(self) -> None:
