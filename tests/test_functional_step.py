@@ -10,6 +10,7 @@ import torch
 from ttt_core.errors import RecipeError, TTTError
 from ttt_core.recipe import load_recipe
 from ttt_core.build import build
+from ttt_core.train import backends
 from ttt_core.train import functional as functional_module
 from ttt_core.train.functional import FunctionalStep, pad_segment, parameter_slots
 from ttt_core.objective import step_loss
@@ -110,6 +111,21 @@ def test_trainer_with_compile_trains_like_eager(tmp_path, monkeypatch):
     eager = trainer_losses(tmp_path / "eager", COMMON)
     compiled = trainer_losses(tmp_path / "compiled", [*COMMON, "train.compile=true"])
     assert_same_records(eager, compiled)
+
+
+def test_the_compiled_step_takes_its_widths_before_the_first_step(tmp_path, monkeypatch):
+    """Each new padding width compiles the step again (minutes on a CPU): the widths of the first
+    batches are taken before the first step, so a run compiles once, not once per wider batch."""
+    monkeypatch.setattr(functional_module, "BACKEND", "aot_eager")
+    torch.compiler.reset()
+    trainer = Trainer(load_recipe(TINY, [*COMMON, "train.compile=true", "memory.learner.length_buckets=2"]),
+                      tmp_path / "run", quiet=True)
+    trainer.backend.start()
+    widths = dict(trainer.backend.functional.widths)
+    assert widths["context"] == max(trainer.task.train_batch(i, 8).context.ids.shape[1] for i in range(backends.SHAPE_SCAN))
+    for step in range(3):
+        trainer.backend.train_step(step)
+    assert trainer.backend.functional.widths == widths
 
 
 @pytest.mark.skipif(

@@ -209,6 +209,12 @@ class EagerStep(LocalStep):
         loss.backward()
 
 
+SHAPE_SCAN = 100
+"""Batches whose widths the compiled step takes before its first step. It pads every batch to the
+widest seen, and each new width compiles again (minutes on a CPU); the first batches' widest covers
+almost every later one (`length_buckets` groups and pairs round up to a multiple of 4 or 8)."""
+
+
 class CompiledStep(LocalStep):
     """`[train] compile`: loss and gradients in one compiled functional call (`train.functional`)."""
 
@@ -218,6 +224,9 @@ class CompiledStep(LocalStep):
         if getattr(self, "functional", None) is None:
             self.functional = FunctionalStep(self.context.model, compile=True)
             self.compiled = False
+            c = self.context
+            for i in range(SHAPE_SCAN):  # padding widths for all of them now: one compile, not one per new width
+                self.functional.pad(c.task.train_batch(i, c.recipe.train.batch_size))
 
     def train_step(self, step: int) -> dict[str, Any] | None:
         """The first step compiles (minutes on CPU): say so, and how long it took."""
