@@ -114,6 +114,17 @@ def test_a_directory_without_checkpoint_refuses_another_recipe(tmp_path, monkeyp
         Trainer(load_recipe(TINY, ["train.steps=4", "backbone.layers=1", *QUICK]), run_dir, quiet=True).run()
 
 
+def test_a_run_older_than_an_option_resumes(tmp_path):
+    """A run stored before an option existed resumes: the option's default is no difference."""
+    run_dir = tmp_path / "run"
+    assert main(["run", TINY, "--out", str(run_dir), "--quiet", *sets("train.steps=2", *QUICK)]) == 0
+    stored = run_dir / "recipe.toml"
+    stored.write_text(re.sub(r"(?m)^length_buckets = 1\n", "", stored.read_text()))
+    assert "length_buckets" not in stored.read_text()
+    assert main(["run", str(run_dir), "--quiet", *sets("train.steps=3")]) == 0
+    assert records(run_dir)[-1]["step"] == 3
+
+
 def test_a_directory_holding_only_a_recipe_is_taken_over(tmp_path):
     """A run stopped before its first step left no results: another recipe may use the directory."""
     run_dir = tmp_path / "run"

@@ -92,6 +92,10 @@ def check_run_dir(recipe: Recipe, run_dir: Path) -> None:
         old = tomllib.loads(stored.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise TTTError(f"{stored}: unreadable ({exc}); use another --out") from None
+    try:  # with today's defaults filled in: an option added since the run started is no difference
+        old = tomllib.loads(dumps_toml(load_recipe(stored, stored=True).resolved()))
+    except TTTError:
+        pass  # compared as stored: whatever no longer loads shows as a difference
     for slot in OPTIONAL_SLOTS:  # a table that runs stored for a slot their recurrence never used
         if slot not in recipe.components:
             *parents, last = slot.split(".")
