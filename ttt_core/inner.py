@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 import attrs
 import torch
 from torch import Tensor, nn
-from torch.profiler import record_function
+from torch.profiler import record_function as _record_function
 
 from ttt_core.attention import keep_graph
 from ttt_core.config import InnerConfig
@@ -43,6 +43,11 @@ LossFn = Callable[[State], Tensor]
 
 Objective = Callable[[State], tuple[Tensor, Any]]
 
+
+def profiled(name: str):
+    """A named range in torch.profiler traces; nothing under torch.compile, whose tracer drops the
+    range and warns once per run (`[train] compile`)."""
+    return contextlib.nullcontext() if torch.compiler.is_compiling() else _record_function(name)
 
 def step_gradients(
     objective: Objective, state: State, *, functional: bool, create_graph: bool, retain_graph: bool
@@ -59,7 +64,7 @@ def step_gradients(
             return torch.func.grad(objective, has_aux=True)(state)
     with keep_graph() if create_graph else contextlib.nullcontext():
         total, aux = objective(state)
-        with record_function("ttt.inner.backward"):
+        with profiled("ttt.inner.backward"):
             grads = torch.autograd.grad(total, list(state.values()), create_graph=create_graph, retain_graph=retain_graph)
     return dict(zip(state, grads)), aux
 
@@ -269,7 +274,7 @@ class InnerLoop(nn.Module):
         rule = RULES[config.rule]
 
         def total(s: State) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-            with record_function("ttt.inner.forward"):
+            with profiled("ttt.inner.forward"):
                 loss = objective(s)
             fit, finish = (loss.fit, loss.finish) if isinstance(loss, InnerLoss) else (loss, None)
             outer_term = fit.mean(-1).sum()  # batch mean, summed over groups

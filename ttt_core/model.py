@@ -7,10 +7,9 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.profiler import record_function
 
 from ttt_core.episode import Episode, Segment
-from ttt_core.inner import InnerLoop
+from ttt_core.inner import InnerLoop, profiled
 from ttt_core.interfaces import OwnsMemory, State
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +65,7 @@ class MetaModel(nn.Module):
         return self.inner(lambda s: self.learner.inner_loss(s, segment), state)
 
     def read(self, state: State, ids: Tensor, mask: Tensor, context: Segment | None = None) -> Tensor:
-        with record_function("ttt.read"):  # a named range in torch.profiler traces; ~free otherwise
+        with profiled("ttt.read"):
             return self.learner(state, ids, mask, context)
 
     def forward(self, episode: Episode) -> ReadOutput:
