@@ -17,6 +17,7 @@ import attrs
 import torch
 
 from ttt_core.config import TrainConfig
+from ttt_core.train.functional import cpp_compiler
 
 COMPILE_MIN_STEPS = 500
 """Below this many steps a cold compile (minutes on a CPU) costs more than it saves."""
@@ -33,13 +34,10 @@ def compiler_found(device: torch.device) -> tuple[bool, str]:
     if device.type != "cpu":
         return False, f"no inductor backend chosen for {device.type}"
     try:
-        from torch._inductor import cpp_builder, exc
+        found = cpp_compiler()
     except ImportError:
         return False, "this torch has no inductor"
-    try:
-        return True, f"{cpp_builder.get_cpp_compiler()} found"
-    except exc.InvalidCxxCompiler:
-        return False, "no C++ compiler (apt install g++)"
+    return (True, f"{found} found") if found else (False, "no C++ compiler (apt install g++)")
 
 
 def bf16_native(device: torch.device) -> tuple[bool, str]:

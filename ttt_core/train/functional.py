@@ -28,20 +28,29 @@ BACKEND = "inductor"
 """The `torch.compile` backend of `[train] compile` (tests trace with "aot_eager": no C++ to build)."""
 
 
+def cpp_compiler() -> str | None:
+    """The C++ compiler inductor builds its CPU kernels with ($CXX, else g++), or None when it finds
+    none. ImportError on a torch whose inductor cannot be asked."""
+    from torch._inductor import cpp_builder, exc
+
+    try:
+        return cpp_builder.get_cpp_compiler()
+    except exc.InvalidCxxCompiler:
+        return None
+
+
 def require_cpp_compiler() -> None:
     """Inductor builds its CPU kernels with a C++ compiler; without one the first step would fail
     minutes into tracing with inductor's own error, so say it before training starts."""
     try:
-        from torch._inductor import cpp_builder, exc
+        found = cpp_compiler()
     except ImportError:  # an older torch: nothing to ask, inductor will say it itself
         return
-    try:
-        cpp_builder.get_cpp_compiler()
-    except exc.InvalidCxxCompiler as err:
+    if found is None:
         raise TTTError(
             "[train] compile: inductor needs a C++ compiler and found none (it looks for $CXX, else g++); "
             "install one (e.g. apt install g++) or set train.compile = false"
-        ) from err
+        )
 
 
 def parameter_slots(model: torch.nn.Module) -> dict[str, str]:
