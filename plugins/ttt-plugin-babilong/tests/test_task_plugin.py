@@ -16,8 +16,8 @@ from ttt_core.recipe import load_recipe
 from ttt_core.train.trainer import Trainer
 
 from ttt_plugin_babilong import plugin
-from ttt_plugin_babilong.babilong_config import BabilongConfig, parse_length
-from ttt_plugin_babilong.task import Babilong, segment_ids
+from ttt_plugin_babilong.babilong_config import BabilongConfig, BabilongMixConfig, parse_length
+from ttt_plugin_babilong.task import Babilong, BabilongMix, segment_ids
 from ttt_plugin_babilong.tokenizer import count_tokens
 
 RECIPES = Path(__file__).parents[3] / "recipes"
@@ -44,6 +44,24 @@ def test_tasks_are_registered_and_build(host) -> None:
         assert set(component.provides) == {"export", "takes_tokenizer"}
         task = component.build(BabilongConfig(val_samples=4, test_samples=4))
         assert task.qa == qa and task.split_size("test") == 4
+
+
+def test_the_mix_takes_its_tasks_in_turn_and_one_task_of_it_is_that_task(host) -> None:
+    config = dict(val_samples=6, test_samples=6, size=30)
+    mix = host.registry["task"].get("babilong_mix").build(BabilongMixConfig(tasks=["qa1", "qa3", "qa5"], **config))
+    parts = {qa: Babilong(BabilongConfig(**config), qa) for qa in ("qa1", "qa3", "qa5")}
+    for split in ("train", "val", "test"):
+        assert [mix.sample(split, i) for i in range(6)] == [
+            parts[qa].sample(split, i) for i in range(2) for qa in ("qa1", "qa3", "qa5")]
+    assert set(mix.labels) == set(parts["qa1"].labels) | set(parts["qa5"].labels)
+    alone = BabilongMix(BabilongMixConfig(tasks=["qa3"], **config))
+    episode, expected = alone.batch("test", range(6)), parts["qa3"].batch("test", range(6))
+    assert torch.equal(episode.context.ids, expected.context.ids) and torch.equal(episode.target.ids, expected.target.ids)
+    for tasks, message in (([], "names no bAbI task"), (["qa1", "qa9"], "one of"), (["qa2", "qa2"], "twice")):
+        with pytest.raises(ValueError, match=message):
+            BabilongMixConfig(tasks=tasks)
+    with pytest.raises(ValueError, match="per task"):
+        BabilongMixConfig(source="loaded", path=str(Path(__file__)))
 
 
 def test_lengths_and_option_errors() -> None:
@@ -140,9 +158,11 @@ def test_rows_with_fewer_segments_get_empty_ones() -> None:
 def test_recipes_validate(name: str) -> None:
     if "rmt" in name:
         pytest.importorskip("ttt_plugin_rmt")
+    if "lora" in name:
+        pytest.importorskip("ttt_plugin_lora")
     host = create_host()
     recipe = load_recipe(RECIPES / f"{name}.toml", registry=host.registry)
-    assert recipe["task"].name.startswith("babilong_qa")
+    assert recipe["task"].name.startswith(("babilong_qa", "babilong_mix"))
 
 
 @needs_recipes

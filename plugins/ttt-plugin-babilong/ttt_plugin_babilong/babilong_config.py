@@ -10,6 +10,7 @@ import attrs
 from ttt_core.config import non_negative, one_of, positive
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+QA_TASKS: tuple[str, ...] = ("qa1", "qa2", "qa3", "qa4", "qa5", "qa6", "qa7", "qa8")
 _LENGTH = re.compile(r"(\d+)([kKmM]?)")
 _UNITS = {"": 1, "k": 1024, "m": 1024 * 1024}
 
@@ -93,3 +94,29 @@ class BabilongConfig:
         """The published name of the length: "0k", "1k", "4k", ... (else the token count)."""
         n = self.length_tokens
         return f"{n // 1024}k" if n % 1024 == 0 else str(n)
+
+
+def _qa_tasks(_instance: object, attribute: attrs.Attribute, value: list[str]) -> None:
+    if not value:
+        raise ValueError(f"option '{attribute.name}' names no bAbI task; e.g. ['qa1', 'qa2']")
+    for qa in value:
+        one_of(*QA_TASKS)(_instance, attribute, qa)
+    if len(set(value)) != len(value):
+        raise ValueError(f"option '{attribute.name}' names a task twice: {value}")
+
+
+@attrs.define
+class BabilongMixConfig(BabilongConfig):
+    """`babilong_mix`: the bAbI tasks `tasks` in turn (sample i is task i mod n), one model for all.
+
+    Why: BABILong's headline is a mean over qa1-qa5; one run on the mixture costs what one task
+    costs. A single task of it is evaluated with `--set "task.tasks=['qa3']"`, whose samples are
+    exactly `babilong_qa3`'s (`bench/babilong_by_task.py` makes the table).
+    """
+
+    tasks: list[str] = attrs.field(factory=lambda: ["qa1", "qa2", "qa3", "qa4", "qa5"], validator=_qa_tasks)
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        if self.source == "loaded":
+            raise ValueError("babilong_mix generates its samples; load published data per task (babilong_qa1 ...)")

@@ -1,4 +1,5 @@
-"""Registration with ttt-core (entry point `babilong` in the group `ttt`): tasks `babilong_qa1`..`babilong_qa8`.
+"""Registration with ttt-core (entry point `babilong` in the group `ttt`): tasks `babilong_qa1`..`babilong_qa8`
+and `babilong_mix` (several of them in turn).
 
 Imports no torch: a factory imports the task when it is built.
 """
@@ -10,7 +11,7 @@ from typing import Any
 
 from ttt_core import hookimpl
 
-from ttt_plugin_babilong.babilong_config import BabilongConfig
+from ttt_plugin_babilong.babilong_config import BabilongConfig, BabilongMixConfig
 
 DESCRIPTIONS: dict[str, str] = {
     "qa1": "single supporting fact (where is an actor)",
@@ -37,6 +38,12 @@ def _factory(qa: str) -> Callable[..., Any]:
 FACTORIES: dict[str, Callable[..., Any]] = {qa: _factory(qa) for qa in DESCRIPTIONS}
 
 
+def build_babilong_mix(config: BabilongMixConfig, tokenizer: Any = None, **_: Any) -> Any:
+    from ttt_plugin_babilong.task import BabilongMix
+
+    return BabilongMix(config, tokenizer)
+
+
 @hookimpl
 def ttt_register_components(registry: Any) -> None:
     for qa, what in DESCRIPTIONS.items():
@@ -44,3 +51,7 @@ def ttt_register_components(registry: Any) -> None:
             "task", f"babilong_{qa}", config=BabilongConfig, factory=FACTORIES[qa], provides=("export", "takes_tokenizer"),
             description=f"BABILong {qa}: bAbI {what} in distractor text of a given length",
         )
+    registry.add(
+        "task", "babilong_mix", config=BabilongMixConfig, factory=build_babilong_mix, provides=("export", "takes_tokenizer"),
+        description="BABILong tasks in turn (default qa1-qa5): one model for BABILong's mean",
+    )

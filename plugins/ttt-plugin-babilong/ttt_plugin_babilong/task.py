@@ -31,7 +31,7 @@ from ttt_core.episode import Episode, Segment
 from ttt_core.errors import TTTError
 from ttt_core.interfaces import IndexedTask, TextTokenizer
 
-from ttt_plugin_babilong.babilong_config import SPLITS, BabilongConfig
+from ttt_plugin_babilong.babilong_config import SPLITS, BabilongConfig, BabilongMixConfig
 from ttt_plugin_babilong.generators import DEFAULT_FACTS, TASK_LABELS, generate
 from ttt_plugin_babilong.loaders import load_records, write_records
 from ttt_plugin_babilong.metrics import exact_match
@@ -213,3 +213,18 @@ class Babilong(IndexedTask):
             write_records((self.sample(s, i).to_record() for i in range(n)), Path(directory) / f"{s}.{fmt}")
             for s, n in counts.items()
         ]
+
+
+class BabilongMix(Babilong):
+    """Several bAbI tasks in turn (`BabilongMixConfig`): sample i of a split is sample i // n of
+    task i mod n, so the mixture of one task is that task's own samples, and all share one tokenizer."""
+
+    def __init__(self, config: BabilongMixConfig, tokenizer: TextTokenizer | None = None) -> None:
+        super().__init__(config, config.tasks[0], tokenizer)
+        self.qa = "mix"
+        self.parts = [Babilong(config, qa, self.tokenizer) for qa in config.tasks]
+        self.labels = tuple(dict.fromkeys(label for part in self.parts for label in part.labels))
+
+    def sample(self, split: str, index: int) -> BabilongSample:
+        index = self.position(split, index)
+        return self.parts[index % len(self.parts)].sample(split, index // len(self.parts))
