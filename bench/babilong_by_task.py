@@ -35,7 +35,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    base = [f"task.test_samples={args.samples}"] + ([f"task.length='{args.length}'"] if args.length else [])
+    base = [f"task.test_samples={args.samples}", f"eval.samples={args.samples}"] + ([f"task.length='{args.length}'"] if args.length else [])
     run = load_run(args.run_dir, args.checkpoint, base)
     spec = run.recipe.components["task"]
     name = spec.component.name
