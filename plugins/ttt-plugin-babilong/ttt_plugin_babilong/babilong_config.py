@@ -9,8 +9,9 @@ import attrs
 
 from ttt_core.config import non_negative, one_of, positive
 
+from ttt_plugin_babilong.generators import TASK_LABELS
+
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-QA_TASKS: tuple[str, ...] = ("qa1", "qa2", "qa3", "qa4", "qa5", "qa6", "qa7", "qa8")
 _LENGTH = re.compile(r"(\d+)([kKmM]?)")
 _UNITS = {"": 1, "k": 1024, "m": 1024 * 1024}
 
@@ -100,7 +101,7 @@ def _qa_tasks(_instance: object, attribute: attrs.Attribute, value: list[str]) -
     if not value:
         raise ValueError(f"option '{attribute.name}' names no bAbI task; e.g. ['qa1', 'qa2']")
     for qa in value:
-        one_of(*QA_TASKS)(_instance, attribute, qa)
+        one_of(*TASK_LABELS)(_instance, attribute, qa)
     if len(set(value)) != len(value):
         raise ValueError(f"option '{attribute.name}' names a task twice: {value}")
 
