@@ -99,8 +99,11 @@ def curve(rows: list[dict[str, Any]], key: str) -> str:
 def dataset_of(task: dict[str, Any]) -> str:
     if "dataset" in task:
         return str(task["dataset"])
-    where = ",".join(task.get("paths") or []) or "the Python standard library"
-    return f"{task.get('name')}: {task.get('glob', '')} in {where}, seq_len {task.get('seq_len', '')}"
+    if "glob" in task:  # a text task (lm_text)
+        where = ",".join(task.get("paths") or []) or "the Python standard library"
+        return f"{task.get('name')}: {task['glob']} in {where}, seq_len {task.get('seq_len', '')}"
+    options = ", ".join(f"{key} {task[key]}" for key in ("tasks", "length") if key in task)  # BABILong
+    return f"{task.get('name')}: {options}" if options else str(task.get("name"))
 
 
 def recorded_commit(run_dir: Path) -> str:
