@@ -89,6 +89,24 @@ def answer_logits_inputs(episode: Episode) -> tuple[Tensor, Tensor, Tensor]:
     return ids, mask, positions
 
 
+def join_context(context: Segment, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """`[context; ids]` per row, the context's padding squeezed out: (ids `[B, Tc + W]`, mask, index
+    `[B, W]`) where `index[b, j]` is the joined position of `ids[b, j]` (gather logits back with it).
+
+    `ids`, `mask` are right-padded like every segment, so each row stays right-padded when joined.
+    """
+    b, tc = context.ids.shape
+    w = ids.shape[1]
+    context_len = context.lengths
+    index = context_len[:, None] + torch.arange(w, device=ids.device)
+    joined = torch.zeros(b, tc + w, dtype=ids.dtype, device=ids.device)
+    joined[:, :tc] = torch.where(context.mask, context.ids, 0)
+    joined.scatter_(1, index, torch.where(mask, ids, 0))
+    joined_len = context_len + mask.sum(-1)
+    joined_mask = torch.arange(tc + w, device=ids.device)[None, :] < joined_len[:, None]
+    return joined, joined_mask, index
+
+
 def gather_answer_logits(logits: Tensor, target_positions: Tensor, offset: int = 0) -> Tensor:
     """logits `[B, T, V]` -> the logits predicting each target token, `[B, Tt, V]`."""
     index = (target_positions + offset)[..., None].expand(-1, -1, logits.shape[-1])

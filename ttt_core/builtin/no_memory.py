@@ -2,7 +2,9 @@
 
 For tasks and backbones that need no test-time memory of the framework's own, e.g. language
 modelling with `ttt_lm`, whose TTT layers train their fast weights inside the forward. The inner
-loop is skipped (`MetaModel.adapt` returns an empty state unchanged).
+loop is skipped (`MetaModel.adapt` returns an empty state unchanged). With `read_context` the read
+sees the context before the query in one sequence: what carries it to the answer is the backbone's
+own (the TTT layers' state in `ttt_lm`; plain attention in `llama`, the full-context control).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ttt_core.episode import Segment
+from ttt_core.episode import Segment, join_context
 from ttt_core.interfaces import InnerLearner, State
 
 
@@ -20,6 +22,7 @@ class NoMemory(nn.Module, InnerLearner):
         if list(writer.parameters()) or writer.init_state(1):
             raise ValueError("inner learner 'none' has no memory to write; use the 'identity' writer")
         self.backbone = backbone
+        self.read_context = config.read_context
 
     def init_state(self, batch_size: int) -> State:
         return {}
@@ -28,4 +31,11 @@ class NoMemory(nn.Module, InnerLearner):
         return torch.zeros(segment.ids.shape[0], device=segment.ids.device)
 
     def forward(self, state: State, ids: Tensor, mask: Tensor, context: Segment | None = None) -> Tensor:
-        return self.backbone(self.backbone.embed(ids), mask).logits
+        if not self.read_context:
+            return self.backbone(self.backbone.embed(ids), mask).logits
+        if context is None:
+            raise ValueError("inner learner 'none' with read_context = true needs the context at the read; "
+                             "this recurrence passes none")
+        joined, joined_mask, index = join_context(context, ids, mask)
+        logits = self.backbone(self.backbone.embed(joined), joined_mask).logits
+        return logits.gather(1, index[..., None].expand(-1, -1, logits.shape[-1]))

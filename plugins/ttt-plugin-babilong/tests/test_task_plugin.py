@@ -153,13 +153,19 @@ def test_rows_with_fewer_segments_get_empty_ones() -> None:
     assert not bool(counts.all()) and bool(counts.any())
 
 
+def skip_without_its_plugins(name: str) -> None:
+    for part, module in (("rmt", "ttt_plugin_rmt"), ("lora", "ttt_plugin_lora"), ("ttt_linear", "ttt_plugin_layers")):
+        if part in name:
+            pytest.importorskip(module)
+
+
+TINY_RECIPES = ["babilong_qa1_tiny", "babilong_rmt4_qa1_tiny", "babilong_prmt4_qa1_tiny", "babilong_ttt_linear_qa1_tiny"]
+
+
 @needs_recipes
-@pytest.mark.parametrize("name", RECIPE_NAMES + ["tiny/babilong_qa1_tiny", "tiny/babilong_rmt4_qa1_tiny", "tiny/babilong_prmt4_qa1_tiny"])
+@pytest.mark.parametrize("name", RECIPE_NAMES + [f"tiny/{name}" for name in TINY_RECIPES])
 def test_recipes_validate(name: str) -> None:
-    if "rmt" in name:
-        pytest.importorskip("ttt_plugin_rmt")
-    if "lora" in name:
-        pytest.importorskip("ttt_plugin_lora")
+    skip_without_its_plugins(name)
     host = create_host()
     recipe = load_recipe(RECIPES / f"{name}.toml", registry=host.registry)
     assert recipe["task"].name.startswith(("babilong_qa", "babilong_mix"))
@@ -174,10 +180,9 @@ def test_a_bad_option_is_a_one_line_error(host) -> None:
 
 
 @needs_recipes
-@pytest.mark.parametrize("name", ["babilong_qa1_tiny", "babilong_rmt4_qa1_tiny", "babilong_prmt4_qa1_tiny"])
+@pytest.mark.parametrize("name", TINY_RECIPES)
 def test_tiny_recipe_trains(tmp_path, name: str) -> None:
-    if "rmt" in name:
-        pytest.importorskip("ttt_plugin_rmt")
+    skip_without_its_plugins(name)
     torch.set_num_threads(1)
     overrides = ["train.steps=3", "train.log_every=1", "train.eval_every=3", "train.checkpoint_every=3",
                  "train.batch_size=4", "eval.samples=4", "eval.val_samples=4", "eval.batch_size=4"]
