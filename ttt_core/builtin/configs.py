@@ -64,10 +64,8 @@ class MemoryTokensConfig:
 class NoMemoryConfig:
     """No fast weights: the backbone alone (plain language models, or TTT layers inside the backbone)."""
 
-    # the read runs on [context; query] as one sequence per example, so that the backbone's own
-    # mechanism carries the context to the answer: TTT layers (a TTT-Linear LM's memory) or, with
-    # attention, the full-context control that memory models are measured against
     read_context: bool = False
+    """The read runs on [context; query] as one sequence per example: the backbone's own mechanism carries the context to the answer (a ttt_lm's TTT layers; with attention, the full-context control)."""
 
 
 @attrs.define
