@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ttt_core.episode import Segment, join_context
+from ttt_core.episode import Segment, gather_answer_logits, join_context
 from ttt_core.interfaces import InnerLearner, State
 
 
@@ -38,4 +38,4 @@ class NoMemory(nn.Module, InnerLearner):
                              "this recurrence passes none")
         joined, joined_mask, index = join_context(context, ids, mask)
         logits = self.backbone(self.backbone.embed(joined), joined_mask).logits
-        return logits.gather(1, index[..., None].expand(-1, -1, logits.shape[-1]))
+        return gather_answer_logits(logits, index)
