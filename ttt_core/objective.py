@@ -48,10 +48,13 @@ def evaluate_totals(
     precision: str = "fp32", progress: Callable[[Iterable], Iterable] | None = None,
 ) -> tuple[dict[str, float], int]:
     """Summed loss and metrics over a fixed held-out set (batches `rank::world` for `shard`), and the
-    number of samples. The inner loop still needs autograd. `progress` wraps the batches (a bar)."""
+    number of samples. The inner loop still needs autograd; a model without inner steps is evaluated
+    without it, so that no graph of its forward is kept (for long contexts most of the memory: a
+    TTT-Linear LM's 250 rows of 1k tokens took 23 GB). `progress` wraps the batches (a bar)."""
     rank, world = shard
     was_training = model.training
     model.eval()
+    grad_mode = torch.enable_grad if model.inner.config.steps else torch.no_grad
     totals: dict[str, float] = {}
     count = 0
     batches = task.eval_batches(split, samples, batch_size)
@@ -59,7 +62,8 @@ def evaluate_totals(
         if index % world != rank:
             continue
         episode = episode.to(device)
-        loss, out = step_loss(model, episode, precision=precision)
+        with grad_mode():
+            loss, out = step_loss(model, episode, precision=precision)
         batch = episode.batch_size
         totals["loss"] = totals.get("loss", 0.0) + float(loss.detach()) * batch
         for name, values in task.metrics(out.logits.detach(), episode).items():
