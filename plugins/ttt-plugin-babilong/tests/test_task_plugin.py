@@ -155,7 +155,7 @@ def test_rows_with_fewer_segments_get_empty_ones() -> None:
 
 def skip_without_its_plugins(name: str) -> None:
     for part, module in (("rmt", "ttt_plugin_rmt"), ("lora", "ttt_plugin_lora"), ("ttt_linear", "ttt_plugin_layers"),
-                         ("neural_memory", "ttt_plugin_writers")):
+                         ("neural_memory", "ttt_plugin_writers"), ("memory_mlp", "ttt_plugin_writers")):
         if part in name:
             pytest.importorskip(module)
 
