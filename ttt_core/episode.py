@@ -75,15 +75,11 @@ def answer_logits_inputs(episode: Episode) -> tuple[Tensor, Tensor, Tensor]:
     range where the target is padding). Add the prefix length when memory tokens are prepended.
     """
     query, target = episode.query, episode.target
-    b, tq = query.ids.shape
     tt = target.ids.shape[1]
-    width = tq + max(tt - 1, 0)
+    ids, _, _ = join_context(query, target.ids[:, :-1], target.mask[:, 1:])
+    width = ids.shape[1]
     q_len, t_len = query.lengths, target.lengths
-    ids = torch.full((b, width), 0, dtype=torch.long, device=query.ids.device)
-    ids[:, :tq] = torch.where(query.mask, query.ids, 0)
-    if tt > 1:
-        shift = q_len[:, None] + torch.arange(tt - 1, device=ids.device)
-        ids.scatter_(1, shift, torch.where(target.mask[:, 1:], target.ids[:, :-1], 0))
+    # not join_context's mask: a row without a target keeps its last query token out, as it always has
     mask = torch.arange(width, device=ids.device)[None, :] < (q_len + t_len - 1).clamp(min=0)[:, None]
     positions = (q_len[:, None] - 1 + torch.arange(tt, device=ids.device)).clamp(0, width - 1)
     return ids, mask, positions
