@@ -106,6 +106,21 @@ def test_prefixed_block_equals_the_block_on_the_concatenation(kept, shared):
         torch.testing.assert_close(second[0], second[1], atol=1e-5, rtol=1e-5)
 
 
+def test_rope_tables_equal_the_tables_built_per_forward_and_grow_when_too_short():
+    """The cached RoPE tables give the logits of tables built from the positions in each forward
+    (the path a forward with explicit positions takes), also past the rows a model starts with."""
+    m = model()
+    ids = torch.randint(0, 11, (2, 9))
+    emb, mask = m.embed(ids), torch.tensor([[True] * 9, [True] * 6 + [False] * 3])
+    positions = torch.arange(9)
+    torch.testing.assert_close(m(emb, mask).logits, m(emb, mask, positions=positions).logits, atol=0, rtol=0)
+    rows = m.rope_cos.shape[0]
+    long = torch.randn(1, rows + 5, 16)
+    torch.testing.assert_close(m(long).logits, m(long, positions=torch.arange(rows + 5)).logits, atol=0, rtol=0)
+    assert m.rope_cos.shape[0] == 2 * rows
+    assert "rope_cos" not in m.state_dict()  # a function of the config: checkpoints do not carry it
+
+
 def test_stacked_layer_params_shapes():
     m = model()
     params = m.stacked_layer_params()

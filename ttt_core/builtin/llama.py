@@ -104,13 +104,23 @@ def _qk_tables(positions: Tensor, config: LlamaConfig, dtype: torch.dtype) -> tu
 
 
 def _prepare(
-    x: Tensor, mask: Tensor | None, positions: Tensor | None, config: LlamaConfig, segments: Tensor | None = None
+    x: Tensor,
+    mask: Tensor | None,
+    positions: Tensor | None,
+    config: LlamaConfig,
+    segments: Tensor | None = None,
+    tables: tuple[Tensor, Tensor] | None = None,
 ) -> _Prepared:
+    """`tables`: precomputed `_qk_tables` of positions 0, 1, ... (at least T rows), used when
+    `positions` is None. Under `torch.compile` tables built in the graph from `arange` are recomputed
+    (cos, sin, pow) inside every kernel that reads them; tables passed in are only read."""
     c, b, t, _ = x.shape
     if segments is not None and mask is None:
         mask = torch.ones(b, t, dtype=torch.bool, device=x.device)
     cells = lambda m: m.expand(c, b, t).reshape(-1, t)  # noqa: E731
     allowed = None if mask is None else allowed_keys(cells(mask), None if segments is None else cells(segments))
+    if positions is None and tables is not None and tables[0].shape[0] >= t:
+        return _Prepared(allowed, tables[0][:t].to(x.dtype), tables[1][:t].to(x.dtype))
     if positions is None:
         positions = torch.arange(t, device=x.device)
     with torch.no_grad():  # constants: built once per forward, shared by every block
@@ -120,11 +130,13 @@ def _prepare(
 
 def _rope_qk(qk: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """RoPE on q and k at once, `qk` `[C, B, T, 2, H, hd]`: pairs (i, i + hd/2) rotated (the GPT-NeoX /
-    HF LLaMA convention); `sin` carries the sign of the rotation, so rotating is one flip of the two
-    halves (fewer ops under double backward)."""
-    *lead, hd = qk.shape
-    swapped = qk.view(*lead, 2, hd // 2).flip(-2).view(*lead, hd)
-    return qk * cos + swapped * sin
+    HF LLaMA convention); `sin` carries the sign of the rotation. Written on the two halves, not as
+    one `flip` of them: inductor vectorizes these kernels, not the flip's div/mod indexing (the
+    compiled step's backward RoPE kernels took 45 of 170 ms with the flip)."""
+    half = qk.shape[-1] // 2
+    first, second = qk[..., :half], qk[..., half:]
+    return torch.cat([first * cos[..., :half] + second * sin[..., :half],
+                      second * cos[..., half:] + first * sin[..., half:]], dim=-1)
 
 
 def _qkv(params: dict[str, Tensor], x: Tensor, cos: Tensor, sin: Tensor, config: LlamaConfig) -> tuple[Tensor, Tensor, Tensor]:
@@ -234,6 +246,9 @@ def block_forward_prefixed(params: dict[str, Tensor], prefix: Tensor, suffix: Pr
 # ---------------------------------------------------------------------------------------------
 # Modules
 
+ROPE_ROWS = 256
+"""Positions a new `Llama` keeps RoPE tables for; a longer forward doubles them until they fit."""
+
 
 class LlamaBlock(nn.Module):
     """Pre-norm block: x + Attn(RMSNorm(x)), then h + SwiGLU(RMSNorm(h))."""
@@ -279,7 +294,24 @@ class Llama(nn.Module, Backbone):
         self.lm_head = nn.Linear(config.dim, vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_embeddings.weight
+        self._table_rope(ROPE_ROWS)
         self.reset_parameters()
+
+    def _table_rope(self, rows: int) -> None:
+        """RoPE tables of positions 0 .. rows-1 as buffers (not saved: a function of the config)."""
+        device = self.norm.device
+        cos, sin = _qk_tables(torch.arange(rows, device=device), self.config, torch.float32)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def rope_tables(self, length: int) -> tuple[Tensor, Tensor] | None:
+        """The RoPE tables for a forward over `length` positions, grown (eagerly) when too short;
+        None while compiling with too short a table (the forward then builds its own)."""
+        if length > self.rope_cos.shape[0]:
+            if torch.compiler.is_compiling():
+                return None
+            self._table_rope(1 << (length - 1).bit_length())
+        return self.rope_cos, self.rope_sin
 
     def reset_parameters(self) -> None:
         """GPT-2 init: N(0, 0.02) everywhere, residual projections scaled by 1/sqrt(2 * layers)
@@ -322,7 +354,7 @@ class Llama(nn.Module, Backbone):
         """
         x, hidden = embeds.unsqueeze(0), [embeds]
         mask = None if mask is None else mask.unsqueeze(0)
-        prep = _prepare(x, mask, positions, self.config, segments)  # once for all layers
+        prep = _prepare(x, mask, positions, self.config, segments, self.rope_tables(x.shape[2]))  # once for all layers
         for layer in self.layers:
             x = _block(layer.cell_params(), x, prep, self.config)
             hidden.append(x[0])
@@ -361,7 +393,7 @@ class Llama(nn.Module, Backbone):
             raise KeyError(f"no linear weight {unknown}; the llama backbone's are layers.<i>.{{{', '.join(self.DELTA_WEIGHTS)}}}")
         x, hidden = embeds.unsqueeze(0), [embeds]
         mask = None if mask is None else mask.unsqueeze(0)
-        prep = _prepare(x, mask, None, self.config)
+        prep = _prepare(x, mask, None, self.config, tables=self.rope_tables(x.shape[2]))
         for i, layer in enumerate(self.layers):
             params = layer.cell_params()
             for name in self.DELTA_WEIGHTS:
