@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from ttt_core.attention import keep_graph
 from ttt_core.builtin.llama import Llama, LlamaConfig, block_forward, block_forward_prefixed, project
+from ttt_core.interfaces import missing_capability
 
 TINY = LlamaConfig(layers=3, heads=2, dim=16, mlp_ratio=2.0)
 
@@ -119,6 +120,32 @@ def test_rope_tables_equal_the_tables_built_per_forward_and_grow_when_too_short(
     torch.testing.assert_close(m(long).logits, m(long, positions=torch.arange(rows + 5)).logits, atol=0, rtol=0)
     assert m.rope_cos.shape[0] == 2 * rows
     assert "rope_cos" not in m.state_dict()  # a function of the config: checkpoints do not carry it
+
+
+@pytest.mark.parametrize("kept", [False, True])
+def test_forward_prefixed_equals_forward_on_the_concatenation(kept):
+    """A suffix projected once (`project_suffix`) behind a prefix gives `forward`'s logits on the
+    concatenation, padding included, and the same gradients: first order w.r.t. prefix, suffix and
+    weights, and second order through the prefix's gradient (the inner loop's case)."""
+    m = model()
+    prefix = torch.randn(2, 3, 16, requires_grad=True)
+    embeds = torch.randn(2, 5, 16, requires_grad=True)
+    mask = torch.tensor([[True] * 8, [True] * 6 + [False] * 2])
+    with keep_graph(kept):
+        plain = m(torch.cat([prefix, embeds], 1), mask).logits
+        prefixed = m.forward_prefixed(prefix, m.project_suffix(embeds, 3), mask).logits
+    torch.testing.assert_close(prefixed, plain, atol=1e-6, rtol=1e-6)
+    probe = torch.randn_like(plain) * mask[..., None]
+    inputs = [prefix, embeds, *(p for name, p in m.named_parameters() if name != "tok_embeddings.weight")]
+    g_plain = torch.autograd.grad((plain * probe).sum(), inputs, create_graph=kept)
+    g_prefixed = torch.autograd.grad((prefixed * probe).sum(), inputs, create_graph=kept)
+    for a, b in zip(g_prefixed, g_plain):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+    if kept:
+        w = m.layers[0].wqkv
+        second = [torch.autograd.grad(g[0].pow(2).sum(), w, retain_graph=True)[0] for g in (g_prefixed, g_plain)]
+        torch.testing.assert_close(second[0], second[1], atol=1e-5, rtol=1e-5)
+    assert missing_capability(m, "fixed_suffix") is None
 
 
 def test_stacked_layer_params_shapes():

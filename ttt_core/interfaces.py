@@ -16,7 +16,7 @@ This module imports torch only for type checking, so that registration stays che
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -144,8 +144,8 @@ class InnerLearner(ABC):
     """Fast weights with a meta-learned initial value, adapted per example at test time.
 
     An ``nn.Module``. Context: ``backbone: Backbone``, ``writer: MemoryWriter``. The inner loop
-    (`ttt_core.inner`) calls ``inner_loss`` K times and updates the state with its gradient; the
-    recurrence then calls ``forward`` to read.
+    (`ttt_core.inner`) calls ``inner_objective(segment)`` (by default ``inner_loss``) K times and
+    updates the state with its gradient; the recurrence then calls ``forward`` to read.
     """
 
     @abstractmethod
@@ -155,6 +155,12 @@ class InnerLearner(ABC):
     @abstractmethod
     def inner_loss(self, state: State, segment: Segment) -> Tensor:
         """The test-time training objective on one context segment, per example: ``[B]``."""
+
+    def inner_objective(self, segment: Segment) -> Callable[[State], Tensor]:
+        """``inner_loss`` on one segment as a function of the state alone: what the inner loop calls
+        K times. A learner overrides it to compute what does not depend on the state (the context's
+        embeddings, projections) once rather than at every step."""
+        return lambda state: self.inner_loss(state, segment)
 
     @abstractmethod
     def forward(self, state: State, ids: Tensor, mask: Tensor, context: Segment | None = None) -> Tensor:
@@ -386,6 +392,18 @@ class WeightDeltas(Protocol):
 
 
 @runtime_checkable
+class FixedSuffix(Protocol):
+    """A backbone run many times on ``[prefix; x]`` with x fixed and the prefix changing (memory
+    tokens' K inner steps over one context): ``project_suffix(embeds, offset)`` computes what of x
+    does not depend on the prefix (its first layer's projections) once; ``forward_prefixed(prefix,
+    suffix, mask)`` then equals ``forward(cat([prefix, embeds], 1), mask)`` (mask ``[B, M + T]``)."""
+
+    def project_suffix(self, embeds: Tensor, offset: int) -> Any: ...
+
+    def forward_prefixed(self, prefix: Tensor, suffix: Any, mask: Tensor | None = None) -> BackboneOutput: ...
+
+
+@runtime_checkable
 class ExportsData(Protocol):
     """A task that writes its splits to files (`ttt data --write`): returns the paths written."""
 
@@ -407,6 +425,7 @@ CAPABILITIES: dict[str, type] = {
     "packed_rows": PackedRows,
     "layer_blocks": LayerBlocks,
     "weight_deltas": WeightDeltas,
+    "fixed_suffix": FixedSuffix,
     "export": ExportsData,
     "takes_tokenizer": TakesTokenizer,
 }

@@ -62,7 +62,7 @@ class MetaModel(nn.Module):
     def adapt(self, state: State, segment: Segment) -> tuple[State, dict[str, Tensor]]:
         if not state:  # a learner without fast weights (`none`): nothing to adapt
             return state, {}
-        return self.inner(lambda s: self.learner.inner_loss(s, segment), state)
+        return self.inner(self.learner.inner_objective(segment), state)
 
     def read(self, state: State, ids: Tensor, mask: Tensor, context: Segment | None = None) -> Tensor:
         with profiled("ttt.read"):

@@ -29,7 +29,7 @@ def ttt_register_components(registry: ProviderRegistry) -> None:
         "llama",
         config=LlamaConfig,
         factory="ttt_core.builtin.llama:build_llama",
-        provides=("packed_rows", "layer_blocks", "weight_deltas"),
+        provides=("packed_rows", "layer_blocks", "weight_deltas", "fixed_suffix"),
         description="LLaMA-style decoder: RMSNorm, RoPE, SwiGLU, causal attention",
     )
     registry.add(

@@ -110,11 +110,14 @@ def _prepare(
     config: LlamaConfig,
     segments: Tensor | None = None,
     tables: tuple[Tensor, Tensor] | None = None,
+    *,
+    length: int | None = None,
 ) -> _Prepared:
     """`tables`: precomputed `_qk_tables` of positions 0, 1, ... (at least T rows), used when
     `positions` is None. Under `torch.compile` tables built in the graph from `arange` are recomputed
-    (cos, sin, pow) inside every kernel that reads them; tables passed in are only read."""
-    c, b, t, _ = x.shape
+    (cos, sin, pow) inside every kernel that reads them; tables passed in are only read. `length`:
+    the sequence's T when x is only its first part (`Llama.forward_prefixed`)."""
+    c, b, t = x.shape[0], x.shape[1], x.shape[2] if length is None else length
     if segments is not None and mask is None:
         mask = torch.ones(b, t, dtype=torch.bool, device=x.device)
     cells = lambda m: m.expand(c, b, t).reshape(-1, t)  # noqa: E731
@@ -212,11 +215,17 @@ class Projected(NamedTuple):
     allowed: Tensor  # [T, offset + T] bool: causal over [prefix; x]
 
 
-def project(params: dict[str, Tensor], x: Tensor, offset: int, *, config: LlamaConfig) -> Projected:
-    """Attention projections of x `[C, b, T, d]` sitting at positions offset .. offset + T - 1."""
+def project(
+    params: dict[str, Tensor], x: Tensor, offset: int, *, config: LlamaConfig, tables: tuple[Tensor, Tensor] | None = None
+) -> Projected:
+    """Attention projections of x `[C, b, T, d]` sitting at positions offset .. offset + T - 1
+    (`tables`: RoPE tables of at least offset + T positions, as `_prepare` takes them)."""
     t = x.shape[2]
     with torch.no_grad():
-        cos, sin = _qk_tables(torch.arange(offset + t, device=x.device), config, x.dtype)
+        if tables is not None and tables[0].shape[0] >= offset + t:
+            cos, sin = (table[: offset + t].to(x.dtype) for table in tables)
+        else:
+            cos, sin = _qk_tables(torch.arange(offset + t, device=x.device), config, x.dtype)
         allowed = torch.ones(t, offset + t, dtype=torch.bool, device=x.device).tril(diagonal=offset)
     normed = rms_norm(x, _cell(params["attn_norm"]), config.norm_eps)
     q, k, v = _qkv(params, normed, cos[offset:], sin[offset:], config)
@@ -240,6 +249,24 @@ def block_forward_prefixed(params: dict[str, Tensor], prefix: Tensor, suffix: Pr
     k = torch.cat([k, suffix.k.expand(c, b, -1, -1, -1)], dim=3)
     v = torch.cat([v, suffix.v.expand(c, b, -1, -1, -1)], dim=3)
     h = suffix.x + _attend_cells(suffix.q.expand(c, b, -1, -1, -1), k, v, suffix.allowed, params["wo"])
+    return _mlp_residual(params, h, config)
+
+
+def block_forward_joined(
+    params: dict[str, Tensor], prefix: Tensor, suffix: Projected, allowed: Tensor | None, *, config: LlamaConfig
+) -> Tensor:
+    """The block on `[prefix; suffix.x]` with the suffix's projections given (`project`): its outputs
+    at every position, `[C, B, M + T, d]`, equal to `block_forward` on the concatenation (`allowed`:
+    the mask of the whole sequence, as `_prepare` builds it). The suffix's queries, keys and values
+    do not depend on the prefix, so memory tokens' inner steps, which run many memories before one
+    context, project the context once, and the gradient w.r.t. the memory never runs back through
+    the context's projections."""
+    c, b, _, _ = prefix.shape
+    normed = rms_norm(prefix, _cell(params["attn_norm"]), config.norm_eps)
+    own = _qkv(params, normed, suffix.prefix_cos, suffix.prefix_sin, config)
+    q, k, v = (torch.cat([p, s.expand(c, b, -1, -1, -1)], dim=3) for p, s in zip(own, (suffix.q, suffix.k, suffix.v)))
+    x = torch.cat([prefix, suffix.x.expand(c, b, -1, -1)], dim=2)
+    h = x + _attend_cells(q, k, v, allowed, params["wo"])
     return _mlp_residual(params, h, config)
 
 
@@ -282,7 +309,8 @@ class Llama(nn.Module, Backbone):
 
     Capabilities (`ttt_core.interfaces`): `PackedRows` (forward's `positions` and `segments`),
     `LayerBlocks` (its blocks on stacked weights: `stacked_layer_params`, `layer_params`,
-    `project`, `block_forward_prefixed`) and `WeightDeltas` (`forward_with_deltas`)."""
+    `project`, `block_forward_prefixed`), `WeightDeltas` (`forward_with_deltas`) and `FixedSuffix`
+    (`project_suffix`, `forward_prefixed`)."""
 
     def __init__(self, config: LlamaConfig, vocab_size: int) -> None:
         super().__init__()
@@ -370,7 +398,25 @@ class Llama(nn.Module, Backbone):
 
     def project(self, params: dict[str, Tensor], x: Tensor, offset: int) -> Projected:
         """`project` with this model's block config."""
-        return project(params, x, offset, config=self.config)
+        return project(params, x, offset, config=self.config, tables=self.rope_tables(offset + x.shape[2]))
+
+    def project_suffix(self, embeds: Tensor, offset: int) -> Projected:
+        """`FixedSuffix`: embeddings `[B, T, d]` that will follow `offset` prefix positions, with the
+        first layer's queries, keys and values, for `forward_prefixed`."""
+        return self.project(self.layer_params(0), embeds.unsqueeze(0), offset)
+
+    def forward_prefixed(self, prefix: Tensor, suffix: Projected, mask: Tensor | None = None) -> BackboneOutput:
+        """`FixedSuffix`: `forward(cat([prefix, embeds], 1), mask)` for a suffix from `project_suffix`
+        (prefix `[B, M, d]`, mask `[B, M + T]`), the first layer joining the prefix's projections to
+        the suffix's (`block_forward_joined`)."""
+        x = prefix.unsqueeze(0)
+        length = prefix.shape[1] + suffix.x.shape[2]
+        mask = None if mask is None else mask.unsqueeze(0)
+        prep = _prepare(x, mask, None, self.config, tables=self.rope_tables(length), length=length)
+        x = block_forward_joined(self.layer_params(0), x, suffix, prep.allowed, config=self.config)
+        for layer in self.layers[1:]:
+            x = _block(layer.cell_params(), x, prep, self.config)
+        return BackboneOutput(self.head(x[0]), None)
 
     def block_forward_prefixed(self, params: dict[str, Tensor], prefix: Tensor, suffix: Projected) -> Tensor:
         """`block_forward_prefixed` with this model's block config."""

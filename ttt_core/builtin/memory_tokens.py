@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import attrs
 import torch
 from torch import Tensor, nn
 
 from ttt_core.builtin.configs import MemoryTokensConfig
 from ttt_core.episode import Segment
-from ttt_core.interfaces import InnerLearner, State
+from ttt_core.interfaces import FixedSuffix, InnerLearner, State
 from ttt_core.model import lm_loss_per_example, prefixed_logits
 from ttt_core.packing import LengthBuckets, PairPacking, packed_prefixed_logits, plan_buckets, plan_pairs
 
@@ -41,24 +43,9 @@ class MemoryTokens(nn.Module, InnerLearner):
         return state
 
     def _run(self, state: State, ids: Tensor, mask: Tensor, context: Segment | None) -> Tensor:
-        """Logits over ``[memory; ids]``."""
-        return self._logits(state, ids, mask, None if context is None else (context.ids, context.mask, context.packing))
-
-    def _logits(self, state: State, ids: Tensor, mask: Tensor,
-                context: tuple[Tensor, Tensor, PairPacking | LengthBuckets | None] | None) -> Tensor:
-        """`_run` with the context as (ids, mask, packing): a length group is no `Segment`, which
-        dynamo cannot build inside a compiled step (a frozen attrs class)."""
-        context_emb = None if context is None else self.backbone.embed(context[0])
-        context_mask = None if context is None else context[1]
-        memory = self.writer(writer_state(state), state["memory"], context_emb, context_mask)
-        # the inner loss runs on the context itself: embed it once, not once for the writer and again here
-        if context is not None and ids is context[0]:
-            packing = context[2] if isinstance(context[2], PairPacking) else None
-            if packing is None and self.pack_pairs and not torch.compiler.is_compiling():
-                packing = plan_pairs(context_mask, self.tokens)  # eager; a compiled step attaches it before tracing
-            if packing is not None:
-                return packed_prefixed_logits(self.backbone, memory, context_emb, packing)
-            return prefixed_logits(self.backbone, memory, context_emb, mask)
+        """Logits over ``[memory; ids]`` (the read)."""
+        context_emb = None if context is None else self.backbone.embed(context.ids)
+        memory = self.writer(writer_state(state), state["memory"], context_emb, None if context is None else context.mask)
         return prefixed_logits(self.backbone, memory, self.backbone.embed(ids), mask)
 
     def pack(self, segment: Segment, min_width: int | tuple[int, ...] = 0) -> Segment:
@@ -71,22 +58,52 @@ class MemoryTokens(nn.Module, InnerLearner):
             return segment
         return attrs.evolve(segment, packing=plan_pairs(segment.mask, self.tokens, int(min_width or 0), multiple=8))
 
-    def inner_loss(self, state: State, segment: Segment) -> Tensor:
+    def inner_objective(self, segment: Segment) -> Callable[[State], Tensor]:
+        """`inner_loss` on `segment` as a function of the state, with what does not depend on the
+        state computed once for the K inner steps: the context's embeddings and, on a `FixedSuffix`
+        backbone, its first layer's projections (which the memory's gradient then never runs
+        back through). Each length group (`length_buckets`) is a batch of its own."""
         buckets = segment.packing
         if buckets is None and self.length_buckets > 1 and not torch.compiler.is_compiling():
             buckets = plan_buckets(segment.mask, self.length_buckets)  # eager; a compiled step attaches it
-        if not isinstance(buckets, LengthBuckets):
-            return self._inner_loss(state, segment.ids, segment.mask, segment.packing)
-        losses = []
-        for index, width in buckets.groups():  # each group its own batch, only as wide as its longest
-            ids, mask = segment.ids.index_select(0, index)[:, :width], segment.mask.index_select(0, index)[:, :width]
-            losses.append(self._inner_loss({k: v.index_select(0, index) for k, v in state.items()}, ids, mask, None))
-        return torch.cat(losses).index_select(0, buckets.inverse)
+        pairs = None
+        if isinstance(buckets, LengthBuckets):
+            groups = [(index, segment.ids.index_select(0, index)[:, :width], segment.mask.index_select(0, index)[:, :width])
+                      for index, width in buckets.groups()]
+        else:
+            groups = [(None, segment.ids, segment.mask)]
+            pairs = segment.packing if isinstance(segment.packing, PairPacking) else None
+            if pairs is None and self.pack_pairs and not torch.compiler.is_compiling():
+                pairs = plan_pairs(segment.mask, self.tokens)  # eager; a compiled step attaches it before tracing
+        reuse = pairs is None and isinstance(self.backbone, FixedSuffix)
+        contexts = []
+        for index, ids, mask in groups:
+            embeds = self.backbone.embed(ids)
+            contexts.append((index, ids, mask, embeds, self.backbone.project_suffix(embeds, self.tokens) if reuse else None))
 
-    def _inner_loss(self, state: State, ids: Tensor, mask: Tensor, packing: PairPacking | None) -> Tensor:
+        def objective(state: State) -> Tensor:
+            losses = [self._context_loss(state if index is None else {k: v.index_select(0, index) for k, v in state.items()},
+                                         ids, mask, embeds, suffix, pairs)
+                      for index, ids, mask, embeds, suffix in contexts]
+            return losses[0] if len(losses) == 1 else torch.cat(losses).index_select(0, buckets.inverse)
+
+        return objective
+
+    def inner_loss(self, state: State, segment: Segment) -> Tensor:
+        return self.inner_objective(segment)(state)
+
+    def _context_loss(self, state: State, ids: Tensor, mask: Tensor, embeds: Tensor, suffix: object | None,
+                      pairs: PairPacking | None) -> Tensor:
+        memory = self.writer(writer_state(state), state["memory"], embeds, mask)
+        if suffix is not None:
+            full_mask = torch.cat([mask.new_ones(mask.shape[0], self.tokens), mask], dim=1)
+            logits = self.backbone.forward_prefixed(memory, suffix, full_mask).logits
+        elif pairs is not None:
+            logits = packed_prefixed_logits(self.backbone, memory, embeds, pairs)
+        else:
+            logits = prefixed_logits(self.backbone, memory, embeds, mask)
         # the last memory position predicts the first token; the last token predicts nothing
-        logits = self._logits(state, ids, mask, (ids, mask, packing))[:, self.tokens - 1 : -1]
-        return lm_loss_per_example(logits, ids, mask)
+        return lm_loss_per_example(logits[:, self.tokens - 1 : -1], ids, mask)
 
     def forward(self, state: State, ids: Tensor, mask: Tensor, context: Segment | None = None) -> Tensor:
         """Logits where position t predicts ids[t + 1] (the usual convention)."""
