@@ -122,13 +122,21 @@ def _prepare(
         mask = torch.ones(b, t, dtype=torch.bool, device=x.device)
     cells = lambda m: m.expand(c, b, t).reshape(-1, t)  # noqa: E731
     allowed = None if mask is None else allowed_keys(cells(mask), None if segments is None else cells(segments))
-    if positions is None and tables is not None and tables[0].shape[0] >= t:
-        return _Prepared(allowed, tables[0][:t].to(x.dtype), tables[1][:t].to(x.dtype))
-    if positions is None:
-        positions = torch.arange(t, device=x.device)
     with torch.no_grad():  # constants: built once per forward, shared by every block
-        cos, sin = _qk_tables(positions, config, x.dtype)
+        if positions is None:
+            cos, sin = _leading_tables(t, tables, config, x.dtype, x.device)
+        else:
+            cos, sin = _qk_tables(positions, config, x.dtype)
     return _Prepared(allowed, cos, sin)
+
+
+def _leading_tables(
+    length: int, tables: tuple[Tensor, Tensor] | None, config: LlamaConfig, dtype: torch.dtype, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """`_qk_tables` of positions 0 .. length-1: the first rows of `tables` when it has them."""
+    if tables is not None and tables[0].shape[0] >= length:
+        return tables[0][:length].to(dtype), tables[1][:length].to(dtype)
+    return _qk_tables(torch.arange(length, device=device), config, dtype)
 
 
 def _rope_qk(qk: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -222,10 +230,7 @@ def project(
     (`tables`: RoPE tables of at least offset + T positions, as `_prepare` takes them)."""
     t = x.shape[2]
     with torch.no_grad():
-        if tables is not None and tables[0].shape[0] >= offset + t:
-            cos, sin = (table[: offset + t].to(x.dtype) for table in tables)
-        else:
-            cos, sin = _qk_tables(torch.arange(offset + t, device=x.device), config, x.dtype)
+        cos, sin = _leading_tables(offset + t, tables, config, x.dtype, x.device)
         allowed = torch.ones(t, offset + t, dtype=torch.bool, device=x.device).tril(diagonal=offset)
     normed = rms_norm(x, _cell(params["attn_norm"]), config.norm_eps)
     q, k, v = _qkv(params, normed, cos[offset:], sin[offset:], config)

@@ -42,12 +42,6 @@ class MemoryTokens(nn.Module, InnerLearner):
         state.update({WRITER + k: v for k, v in self.writer.init_state(batch_size).items()})
         return state
 
-    def _run(self, state: State, ids: Tensor, mask: Tensor, context: Segment | None) -> Tensor:
-        """Logits over ``[memory; ids]`` (the read)."""
-        context_emb = None if context is None else self.backbone.embed(context.ids)
-        memory = self.writer(writer_state(state), state["memory"], context_emb, None if context is None else context.mask)
-        return prefixed_logits(self.backbone, memory, self.backbone.embed(ids), mask)
-
     def pack(self, segment: Segment, min_width: int | tuple[int, ...] = 0) -> Segment:
         """`segment` with its pair layout (rows a multiple of 8 wide) or its length groups (each a
         multiple of 4 wide) attached, at least `min_width` (a compiled step passes the widest so far:
@@ -107,4 +101,7 @@ class MemoryTokens(nn.Module, InnerLearner):
 
     def forward(self, state: State, ids: Tensor, mask: Tensor, context: Segment | None = None) -> Tensor:
         """Logits where position t predicts ids[t + 1] (the usual convention)."""
-        return self._run(state, ids, mask, context if self.writer.read_context else None)[:, self.tokens :]
+        context = context if self.writer.read_context else None
+        context_emb = None if context is None else self.backbone.embed(context.ids)
+        memory = self.writer(writer_state(state), state["memory"], context_emb, None if context is None else context.mask)
+        return prefixed_logits(self.backbone, memory, self.backbone.embed(ids), mask)[:, self.tokens :]
