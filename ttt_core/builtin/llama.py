@@ -246,15 +246,21 @@ def block_forward_prefixed(params: dict[str, Tensor], prefix: Tensor, suffix: Pr
     is shared by all B examples. PRMT4 runs its memory through a layer this way, where only what
     follows the memory is compared.
     """
+    c, b, _, _ = prefix.shape
+    _, k, v = _join_prefix(params, prefix, suffix, config)  # the prefix's queries go unused: M is small
+    h = suffix.x + _attend_cells(suffix.q.expand(c, b, -1, -1, -1), k, v, suffix.allowed, params["wo"])
+    return _mlp_residual(params, h, config)
+
+
+def _join_prefix(params: dict[str, Tensor], prefix: Tensor, suffix: Projected, config: LlamaConfig) -> tuple[Tensor, Tensor, Tensor]:
+    """The prefix's own queries, and keys and values over `[prefix; suffix]` (the suffix's projected,
+    expanded to the prefix's batch): `[C, B, H, M, hd]`, `[C, B, H, M + T, hd]` twice."""
     c, b, m, _ = prefix.shape
     if m != suffix.prefix_cos.shape[0]:
         raise ValueError(f"the suffix was projected after {suffix.prefix_cos.shape[0]} prefix positions, got {m}")
     normed = rms_norm(prefix, _cell(params["attn_norm"]), config.norm_eps)
-    _, k, v = _qkv(params, normed, suffix.prefix_cos, suffix.prefix_sin, config)  # its queries go unused: M is small
-    k = torch.cat([k, suffix.k.expand(c, b, -1, -1, -1)], dim=3)
-    v = torch.cat([v, suffix.v.expand(c, b, -1, -1, -1)], dim=3)
-    h = suffix.x + _attend_cells(suffix.q.expand(c, b, -1, -1, -1), k, v, suffix.allowed, params["wo"])
-    return _mlp_residual(params, h, config)
+    q, k, v = _qkv(params, normed, suffix.prefix_cos, suffix.prefix_sin, config)
+    return q, *(torch.cat([own, theirs.expand(c, b, -1, -1, -1)], dim=3) for own, theirs in ((k, suffix.k), (v, suffix.v)))
 
 
 def block_forward_joined(
@@ -267,9 +273,8 @@ def block_forward_joined(
     context, project the context once, and the gradient w.r.t. the memory never runs back through
     the context's projections."""
     c, b, _, _ = prefix.shape
-    normed = rms_norm(prefix, _cell(params["attn_norm"]), config.norm_eps)
-    own = _qkv(params, normed, suffix.prefix_cos, suffix.prefix_sin, config)
-    q, k, v = (torch.cat([p, s.expand(c, b, -1, -1, -1)], dim=3) for p, s in zip(own, (suffix.q, suffix.k, suffix.v)))
+    q, k, v = _join_prefix(params, prefix, suffix, config)
+    q = torch.cat([q, suffix.q.expand(c, b, -1, -1, -1)], dim=3)
     x = torch.cat([prefix, suffix.x.expand(c, b, -1, -1)], dim=2)
     h = x + _attend_cells(q, k, v, allowed, params["wo"])
     return _mlp_residual(params, h, config)
@@ -337,12 +342,10 @@ class Llama(nn.Module, Backbone):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
-    def rope_tables(self, length: int) -> tuple[Tensor, Tensor] | None:
-        """The RoPE tables for a forward over `length` positions, grown (eagerly) when too short;
-        None while compiling with too short a table (the forward then builds its own)."""
-        if length > self.rope_cos.shape[0]:
-            if torch.compiler.is_compiling():
-                return None
+    def rope_tables(self, length: int) -> tuple[Tensor, Tensor]:
+        """The RoPE tables for a forward over `length` positions, grown when too short, except while
+        compiling (a buffer cannot change then: a forward past them builds its own, `_leading_tables`)."""
+        if length > self.rope_cos.shape[0] and not torch.compiler.is_compiling():
             self._table_rope(1 << (length - 1).bit_length())
         return self.rope_cos, self.rope_sin
 
